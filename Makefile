@@ -1,0 +1,29 @@
+# `make run` and `make test` each set up .venv on first use; nothing else needs installing.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+QUESTION ?= How many commune-level military party cells were established?
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	# torch first and pinned: the CPU build on disk, never the multi-GB CUDA default.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/rag index
+	$(BIN)/rag search "$(QUESTION)" --k 3
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) index/CURRENT index/gen-* index/.tmp-* index/.lock

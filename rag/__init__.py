@@ -1,0 +1,1 @@
+"""Cited-answer service: hybrid retrieval over your documents, with citations you can check."""

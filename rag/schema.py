@@ -1,0 +1,89 @@
+"""Typed records passed between pipeline stages, and the JSON shapes of DESIGN.md."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Document(BaseModel):
+    """A loaded document. `text` is the text as read (HTML: as extracted); all offsets point into it."""
+
+    doc_id: str
+    path: str
+    root: str
+    text: str
+    sha256: str
+    format: str = "text"
+    title: str | None = None
+    source_url: str | None = None
+    # File state at load time, to notice edits on disk after indexing.
+    size: int = 0
+    mtime_ns: int = 0
+
+    @property
+    def display_title(self) -> str:
+        if self.title:
+            return self.title
+        first_line = self.text.strip().split("\n", 1)[0]
+        words = first_line.split()
+        return " ".join(words[:12]) + (" …" if len(words) > 12 else "") if words else self.doc_id
+
+
+class Span(BaseModel):
+    start: int
+    end: int
+
+
+class Block(Span):
+    """A kept paragraph of a document after cleaning."""
+
+    kind: str = "paragraph"  # paragraph | heading
+
+
+class ChunkLocation(BaseModel):
+    chunk_id: str
+    doc_id: str
+    start: int
+    end: int
+
+
+class Chunk(BaseModel):
+    chunk_id: str
+    doc_id: str
+    start: int
+    end: int
+    text: str
+    # Set on a copy: the chunk that stands for it in the indexes.
+    duplicate_of: str | None = None
+    # Set on a canonical chunk: where its near-identical copies live.
+    copies: list[ChunkLocation] = Field(default_factory=list)
+
+
+class SearchHit(BaseModel):
+    rank: int
+    score: float
+    chunk_id: str
+    doc_id: str
+    start: int
+    end: int
+    text: str
+    title: str
+    dense_score: float | None = None
+    bm25_score: float | None = None
+    also_in: list[ChunkLocation] = Field(default_factory=list)
+
+
+class SearchResponse(BaseModel):
+    query: str
+    mode: str
+    results: list[SearchHit]
+
+
+class DocumentInfo(BaseModel):
+    doc_id: str
+    title: str
+    source_url: str | None
+    path: str
+    chars: int
+    chunks: int
+    duplicate_chunks: int
