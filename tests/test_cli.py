@@ -1,0 +1,102 @@
+"""The real `rag` command in subprocesses: JSON contract, human output, exit codes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SEEDS
+
+pytestmark = pytest.mark.slow
+
+RAG = [sys.executable, "-m", "rag.cli"]
+
+
+def rag(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
+    env.pop("RAG_DEBUG", None)
+    return subprocess.run([*RAG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A project-like folder: ./seeds and ./index, as `make run` sees it."""
+    path = tmp_path_factory.mktemp("work")
+    shutil.copytree(SEEDS, path / "seeds")
+    result = rag("index", cwd=path)
+    assert result.returncode == 0, result.stderr
+    assert "Indexed 5 documents" in result.stdout
+    return path
+
+
+def test_search_json_contract(workdir) -> None:
+    result = rag("search", "How many commune-level military party cells were established?", "--k", "3", "--json", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["query"] == "How many commune-level military party cells were established?"
+    assert len(payload["results"]) == 3
+    texts = {p.name: p.read_text(encoding="utf-8") for p in (workdir / "seeds").iterdir()}
+    for rank, hit in enumerate(payload["results"], start=1):
+        assert hit["rank"] == rank
+        assert isinstance(hit["score"], float)
+        assert {"chunk_id", "doc_id", "start", "end", "text"} <= hit.keys()
+        assert texts[hit["doc_id"]][hit["start"] : hit["end"]] == hit["text"]
+    assert "529" in payload["results"][0]["text"]
+
+
+def test_index_is_incremental_and_docs_lists_counts(workdir) -> None:
+    result = rag("index", "--json", cwd=workdir)
+    assert result.returncode == 0 and json.loads(result.stdout)["embedded"] == 0
+    listing = json.loads(rag("docs", "--json", cwd=workdir).stdout)["documents"]
+    assert [d["doc_id"] for d in listing] == sorted(p.name for p in SEEDS.iterdir())
+    copies = {d["doc_id"]: d["duplicate_chunks"] for d in listing}
+    assert copies["003_254c39c735b64e9a.txt"] > 10
+
+
+def test_human_output_and_filters(workdir) -> None:
+    result = rag("search", "border guard", "--mode", "bm25", "--doc", "004_a3b36d9e2d4bee8b.txt", "--k", "2", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "004_a3b36d9e2d4bee8b.txt" in result.stdout and "001_" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("search", ""), "the question is empty"),
+        (("search", "x" * 3000), "limit"),
+        (("search", "border", "--mode", "fuzzy"), "unknown search mode"),
+        (("search", "border", "--k", "0"), "--k"),
+        (("search", "border", "--doc", "missing.txt"), "unknown document"),
+        (("index", "/no/such/folder"), "no such file or folder"),
+        (("remove", "missing.txt"), "no document 'missing.txt'"),
+        (("search", "border", "--index-dir", "nowhere"), "run `rag index` first"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(workdir, args, message) -> None:
+    result = rag(*args, cwd=workdir)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_files_are_skipped_with_warning(workdir, tmp_path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "ok.txt").write_text("A harbour report: the new breakwater is finished and boats are back.", encoding="utf-8")
+    (folder / "blob.txt").write_bytes(b"\x00\x01\x02binary")
+    result = rag("index", str(folder), "--index-dir", str(tmp_path / "idx"), cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" in result.stderr and "blob.txt" in result.stderr and "binary file" in result.stderr
+    assert "Indexed 1 documents" in result.stdout
+
+
+def test_remove_then_search_never_returns_it(workdir, tmp_path) -> None:
+    index_dir = str(tmp_path / "idx")
+    assert rag("index", str(workdir / "seeds"), "--index-dir", index_dir, cwd=workdir).returncode == 0
+    assert rag("remove", "000_c1a45aa062b469e9.txt", "--index-dir", index_dir, cwd=workdir).returncode == 0
+    payload = json.loads(rag("search", "529 commune-level military party cells", "--k", "50", "--json", "--index-dir", index_dir, cwd=workdir).stdout)
+    assert all(h["doc_id"] != "000_c1a45aa062b469e9.txt" for h in payload["results"])
