@@ -161,6 +161,125 @@ def search(
         out.print(Panel(escape(hit.text), title=f"{hit.rank}. {escape(hit.title)}", subtitle=f"{escape(where)}  score {hit.score:.4f}{escape(also)}", title_align="left", subtitle_align="left"))
 
 
+@app.command()
+def ask(
+    question: Annotated[Optional[str], typer.Argument(help="The question. Omit it with --file.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="Answer every question in this file: one per line, or JSON Lines with a `question` field.")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, max=50, help="Passages given to the model.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Retrieval: hybrid, dense or bm25.")] = "hybrid",
+    doc: Annotated[Optional[list[str]], typer.Option("--doc", help="Only use this document (repeatable).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="litellm model string, or `extractive` (no LLM). Default: the embedded local model.")] = None,
+    api_base: Annotated[Optional[str], typer.Option("--api-base", help="Base URL of an OpenAI-compatible server.")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", min=0, max=2)] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, max=8192)] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, help="Seconds to wait for the model before falling back.")] = None,
+    index_dir: IndexDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Answer a question with citations, each checked against the passage it cites."""
+    from rag.answering import AskOptions
+
+    if (question is None) == (file is None):
+        raise BadInputError("give either a question or --file QUESTIONS")
+    service = _service(index_dir)
+    options = AskOptions(
+        k=k, mode=_mode(mode), doc_ids=doc, model=model, api_base=api_base,
+        temperature=temperature, max_tokens=max_tokens, timeout_s=timeout,
+    )
+    if file is not None:
+        _ask_batch(service, file, options, as_json)
+        return
+    if as_json:
+        _print_json(service.ask(question, options).model_dump())
+        return
+    streamed = False
+    for event in service.ask_stream(question, options):
+        if event.kind == "token":
+            out.print(escape(event.text), end="", soft_wrap=True, highlight=False)
+            streamed = True
+        elif event.response is not None:
+            if streamed:
+                out.print()
+            _print_answer(event.response, show_answer=not streamed or event.response.abstained)
+
+
+def _questions(file: Path) -> list[str]:
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise BadInputError(f"no such file: {file}") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{file} is not UTF-8 text") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {file}: {exc.strerror}") from None
+    questions = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise BadInputError(f"{file}:{number}: not valid JSON") from None
+            if not isinstance(record.get("question"), str):
+                raise BadInputError(f"{file}:{number}: no `question` text field")
+            questions.append(record["question"])
+        else:
+            questions.append(line)
+    if not questions:
+        raise BadInputError(f"{file} holds no questions")
+    return questions
+
+
+def _ask_batch(service, file: Path, options, as_json: bool) -> None:
+    """Models load once; a question that fails gets an error object and the batch goes on."""
+    questions = _questions(file)
+    failures = 0
+    for question in questions:
+        try:
+            response = service.ask(question, options)
+        except BadInputError as exc:
+            failures += 1
+            if as_json:
+                _print_json({"question": question, "error": str(exc)})
+            else:
+                err.print(f"[red]error:[/] {escape(question[:80])}: {escape(str(exc))}")
+            continue
+        if as_json:
+            _print_json(response.model_dump())
+        else:
+            out.rule(escape(question))
+            _print_answer(response, show_answer=True)
+    if failures:
+        raise SystemExit(2)
+
+
+STATUS_STYLE = {True: "[green]✓ supported[/]", False: "[red]✗ not supported[/]", None: "[yellow]? unchecked[/]"}
+
+
+def _print_answer(response, show_answer: bool) -> None:
+    if response.abstained:
+        out.print(f"[bold yellow]{escape(response.answer)}[/]")
+        if response.notice:
+            out.print(f"[dim]{escape(response.notice)}[/]")
+        return
+    if response.notice:
+        out.print(f"[yellow]note:[/] {escape(response.notice)}")
+    if show_answer or any(c.id != c.passage for c in response.citations):
+        out.print(Panel(escape(response.answer), title="Answer", title_align="left"))
+    for sentence in response.sentences:
+        if sentence.status in ("uncited", "unsupported", "partly"):
+            out.print(f"[yellow]{sentence.status}:[/] {escape(sentence.text)}")
+    for citation in response.citations:
+        out.print(
+            f"[bold][{citation.id}][/] {STATUS_STYLE[citation.supported]}  {escape(citation.title)} — "
+            f"{escape(citation.doc_id)} [{citation.start}:{citation.end}]"
+            + (f"  [dim]({escape(citation.reason)})[/]" if citation.reason else "")
+        )
+        out.print(f"    [italic]“{escape(' '.join(citation.text.split()))}”[/]")
+    out.print(f"[dim]{response.model} · {response.timings_ms.get('total', 0) / 1000:.1f} s[/]")
+
+
 def _mode(mode: str) -> SearchMode:
     if mode not in ("hybrid", "dense", "bm25"):
         raise BadInputError(f"unknown search mode '{mode}' (use hybrid, dense or bm25)")

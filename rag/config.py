@@ -73,6 +73,34 @@ class RetrievalSettings(BaseModel):
     max_query_chars: int = 2000
 
 
+class VerificationSettings(BaseModel):
+    # A (claim, passage) pair is supported when its score reaches this (calibrated on ClapNQ).
+    threshold: float = 0.55
+    # Share of lexical recall in the score; the rest is embedding cosine similarity.
+    lexical_weight: float = Field(0.5, ge=0, le=1)
+
+
+class AnswerSettings(BaseModel):
+    # Any litellm model string; `extractive` composes the answer from passage sentences, no LLM.
+    model: str = "local/qwen2.5-1.5b-instruct"
+    api_base: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = Field(200, ge=1)
+    timeout_s: float = Field(90.0, gt=0)
+    # Passages given to the model, each trimmed to its sentences most relevant to the question.
+    k: int = Field(4, ge=1)
+    sentences_per_passage: int = Field(3, ge=1)
+    # Abstain when no passage is this close to the question (dense cosine; calibrated in bench/).
+    min_retrieval_score: float = 0.25
+    # Withhold an LLM answer none of whose sentences is supported by its citations.
+    abstain_when_unsupported: bool = True
+    fallback_to_extractive: bool = True
+    extractive_sentences: int = Field(2, ge=1)
+    # Extractive answers need a sentence at least this relevant to the question.
+    extractive_min_score: float = 0.45
+    max_question_chars: int = 2000
+
+
 class Settings(BaseSettings):
     corpus_dir: Path = Path("seeds")
     cleaning: CleaningSettings = CleaningSettings()
@@ -80,6 +108,8 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     index: IndexSettings = IndexSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    verification: VerificationSettings = VerificationSettings()
+    answer: AnswerSettings = AnswerSettings()
 
     model_config = SettingsConfigDict(env_prefix="RAG_", env_nested_delimiter="__", extra="ignore")
 

@@ -87,3 +87,44 @@ class DocumentInfo(BaseModel):
     chars: int
     chunks: int
     duplicate_chunks: int
+
+
+class Citation(BaseModel):
+    """One (answer sentence, cited passage) pair, pointing at the exact supporting span."""
+
+    id: int
+    passage: int  # the [n] the model wrote: position in the numbered passages
+    sentence: int  # index into AnswerResponse.sentences
+    chunk_id: str
+    doc_id: str
+    start: int  # supporting span in the document; document_text[start:end] == text
+    end: int
+    text: str
+    chunk_start: int
+    chunk_end: int
+    title: str
+    supported: bool | None
+    score: float | None = None
+    reason: str = ""
+
+
+class AnswerSentence(BaseModel):
+    text: str
+    start: int  # offsets into AnswerResponse.answer
+    end: int
+    citations: list[int]
+    # supported: every citation supports it; partly: some do; unsupported: none do;
+    # uncited: a claim without a citation; no_claim: nothing to support (e.g. a preamble).
+    status: str
+
+
+class AnswerResponse(BaseModel):
+    question: str
+    answer: str
+    abstained: bool
+    model: str
+    citations: list[Citation]
+    sentences: list[AnswerSentence] = Field(default_factory=list)
+    passages: list[SearchHit] = Field(default_factory=list)
+    notice: str | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)

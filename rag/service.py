@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 
+from rag.answering import Answerer, AnswerEvent, AskOptions
 from rag.config import SearchMode, Settings, load_settings
 from rag.embedding import Embedder, model_fingerprint
 from rag.errors import BadInputError, IncompatibleIndexError
 from rag.indexing import EmbedProgress, IndexReport, update_index
 from rag.retrieval import Retriever
-from rag.schema import Document, DocumentInfo, SearchResponse
+from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
 from rag.store import IndexData, compatibility_problems, read_index
 
 
@@ -23,6 +25,7 @@ class RagService:
         self._lock = threading.Lock()
         self._index: IndexData | None = None
         self._retriever: Retriever | None = None
+        self._answerer: Answerer | None = None
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -49,10 +52,24 @@ class RagService:
             self._retriever = Retriever(index, self.embedder, self.settings)
         return self._retriever
 
+    @property
+    def answerer(self) -> Answerer:
+        retriever = self.retriever
+        if self._answerer is None or self._answerer.retriever is not retriever:
+            self._answerer = Answerer(retriever, self.embedder, self.settings)
+        return self._answerer
+
+    def ask(self, question: str, options: AskOptions | None = None) -> AnswerResponse:
+        return self.answerer.answer(question, options)
+
+    def ask_stream(self, question: str, options: AskOptions | None = None) -> Iterator[AnswerEvent]:
+        return self.answerer.stream(question, options)
+
     def _reset(self) -> None:
         with self._lock:
             self._index = None
             self._retriever = None
+            self._answerer = None
 
     def update(
         self,

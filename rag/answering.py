@@ -1,0 +1,225 @@
+"""Cited answers: retrieve -> (abstain?) -> prompt -> LLM or extractive -> parse [n] ->
+verify every citation against its passage -> AnswerResponse.
+
+An answer is never shown with a citation that was not checked: each (sentence, passage)
+pair carries a verdict and the exact supporting span, sentences with a claim and no
+citation are flagged, and an LLM answer that none of its passages supports is withheld."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rag.citations import MARKER, ParsedSentence, parse_answer
+from rag.config import SearchMode, Settings
+from rag.embedding import Embedder
+from rag.errors import BadInputError
+from rag.extractive import extractive_answer, rank_sentences, trimmed_passages
+from rag.generation import GenerationError, stream_completion
+from rag.prompts import answer_messages, is_decline
+from rag.retrieval import Retriever, validate_query
+from rag.schema import AnswerResponse, AnswerSentence, Citation, SearchHit
+from rag.verification import Verifier, content_tokens
+
+EXTRACTIVE = "extractive"
+# Uncited sentences with fewer new content words than this are connective text, not claims.
+CLAIM_MIN_NEW_WORDS = 3
+
+NOT_FOUND_ANSWER = "The documents do not contain an answer to this question."
+
+
+@dataclass
+class AnswerEvent:
+    """What a stream yields: the passages once, then answer text pieces, then the result."""
+
+    kind: str  # passages | token | answer
+    text: str = ""
+    passages: list[SearchHit] | None = None
+    response: AnswerResponse | None = None
+
+
+@dataclass
+class AskOptions:
+    k: int | None = None
+    mode: SearchMode | None = None
+    doc_ids: list[str] | None = None
+    model: str | None = None
+    api_base: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    timeout_s: float | None = None
+
+
+class Answerer:
+    def __init__(self, retriever: Retriever, embedder: Embedder, settings: Settings, local_llm_settings=None):
+        self.retriever = retriever
+        self.embedder = embedder
+        self.settings = settings
+        self.verifier = Verifier(embedder, settings.verification)
+        self.local_llm_settings = local_llm_settings
+
+    def answer(self, question: str, options: AskOptions | None = None) -> AnswerResponse:
+        for event in self.stream(question, options):
+            if event.response is not None:
+                return event.response
+        raise AssertionError("answer stream ended without a result")
+
+    def stream(self, question: str, options: AskOptions | None = None) -> Iterator[AnswerEvent]:
+        cfg = self.settings.answer
+        options = options or AskOptions()
+        model = options.model or cfg.model
+        question = validate_query(question, self.settings.retrieval)
+        if len(question) > cfg.max_question_chars:
+            raise BadInputError(f"the question is {len(question)} characters long; the limit is {cfg.max_question_chars}")
+        timings: dict[str, float] = {}
+        clock = started = time.perf_counter()
+
+        hits = self.retriever.search(question, k=options.k or cfg.k, mode=options.mode, doc_ids=options.doc_ids).results
+        timings["retrieve"] = _ms(clock)
+        yield AnswerEvent("passages", passages=hits)
+
+        def finish(response: AnswerResponse) -> AnswerEvent:
+            response.timings_ms = {**timings, "total": _ms(started)}
+            return AnswerEvent("answer", response=response)
+
+        best = max((h.dense_score or 0.0 for h in hits), default=0.0)
+        if not hits or best < cfg.min_retrieval_score:
+            yield finish(self._abstain(question, model, hits, "No passage in the documents is close enough to the question."))
+            return
+
+        clock = time.perf_counter()
+        ranked = rank_sentences(question, hits, self.embedder)
+        timings["rank_sentences"] = _ms(clock)
+        notice = None
+        answered_by = model
+        if model == EXTRACTIVE:
+            text = extractive_answer(ranked, cfg.extractive_sentences, cfg.extractive_min_score)
+        else:
+            messages = answer_messages(question, trimmed_passages(hits, ranked, cfg.sentences_per_passage))
+            pieces: list[str] = []
+            clock = time.perf_counter()
+            try:
+                for piece in stream_completion(
+                    messages,
+                    model=model,
+                    api_base=options.api_base or cfg.api_base,
+                    temperature=cfg.temperature if options.temperature is None else options.temperature,
+                    max_tokens=options.max_tokens or cfg.max_tokens,
+                    timeout_s=options.timeout_s or cfg.timeout_s,
+                    local_settings=self.local_llm_settings,
+                ):
+                    if not pieces:
+                        timings["first_token"] = _ms(started)
+                    pieces.append(piece)
+                    yield AnswerEvent("token", text=piece)
+                text = "".join(pieces)
+            except GenerationError as exc:
+                if not cfg.fallback_to_extractive:
+                    raise
+                notice = f"{exc}; showing an extractive answer built from the passages instead."
+                text = extractive_answer(ranked, cfg.extractive_sentences, cfg.extractive_min_score)
+                answered_by = EXTRACTIVE
+            timings["generate"] = _ms(clock)
+            if notice is None and is_decline(text):
+                yield finish(self._abstain(question, model, hits, "The model found no answer in the passages.", draft=text))
+                return
+        if text is None:
+            yield finish(self._abstain(question, model, hits, "No sentence in the passages answers the question.", notice=notice))
+            return
+
+        clock = time.perf_counter()
+        response = self._cited_response(question, answered_by, text, hits)
+        timings["verify"] = _ms(clock)
+        response.notice = " ".join(n for n in (notice, response.notice) if n) or None
+        supported = any(s.status in ("supported", "partly") for s in response.sentences)
+        if not supported and answered_by != EXTRACTIVE and cfg.abstain_when_unsupported:
+            yield finish(self._abstain(
+                question, model, hits, "The model's answer is not supported by the cited passages, so it is withheld.",
+                draft=text,
+            ))
+            return
+        yield finish(response)
+
+    def _abstain(
+        self, question: str, model: str, hits: list[SearchHit], reason: str, draft: str | None = None, notice: str | None = None
+    ) -> AnswerResponse:
+        details = [n for n in (notice, reason, f"Draft answer: {draft.strip()}" if draft and draft.strip() else None) if n]
+        return AnswerResponse(
+            question=question, answer=NOT_FOUND_ANSWER, abstained=True, model=model, citations=[], passages=hits,
+            notice=" ".join(details),
+        )
+
+    def _cited_response(self, question: str, model: str, raw: str, hits: list[SearchHit]) -> AnswerResponse:
+        sentences = parse_answer(raw)
+        documents = self.retriever.index.documents
+        pairs: list[tuple[int, int]] = []  # (sentence index, passage number)
+        for i, sentence in enumerate(sentences):
+            pairs.extend((i, n) for n in sentence.numbers if 1 <= n <= len(hits))
+        verdicts = self.verifier.verify(
+            [
+                (sentences[i].text, documents[hits[n - 1].doc_id].text, hits[n - 1].start, hits[n - 1].end)
+                for i, n in pairs
+            ],
+            question,
+        )
+        citations: list[Citation] = []
+        ids: dict[tuple[int, int], int] = {}
+        for (i, n), verdict in zip(pairs, verdicts):
+            hit = hits[n - 1]
+            text = documents[hit.doc_id].text
+            ids[(i, n)] = len(citations) + 1
+            citations.append(Citation(
+                id=len(citations) + 1, passage=n, sentence=i, chunk_id=hit.chunk_id, doc_id=hit.doc_id,
+                start=verdict.span.start, end=verdict.span.end, text=text[verdict.span.start : verdict.span.end],
+                chunk_start=hit.start, chunk_end=hit.end, title=hit.title,
+                supported=verdict.supported, score=round(verdict.score, 4), reason=verdict.reason,
+            ))
+        answer, spans = _renumber(raw, sentences, ids)
+        question_tokens = content_tokens(question)
+        out_sentences = []
+        for i, (sentence, (start, end)) in enumerate(zip(sentences, spans)):
+            cited = [ids[(i, n)] for n in sentence.numbers if (i, n) in ids]
+            verdict_flags = [citations[c - 1].supported for c in cited]
+            if not cited:
+                status = "uncited" if len(content_tokens(sentence.text) - question_tokens) >= CLAIM_MIN_NEW_WORDS else "no_claim"
+            elif all(verdict_flags):
+                status = "supported"
+            elif any(verdict_flags):
+                status = "partly"
+            else:
+                status = "unsupported"
+            out_sentences.append(AnswerSentence(text=sentence.text, start=start, end=end, citations=cited, status=status))
+        dropped = sorted({n for s in sentences for n in s.numbers if not 1 <= n <= len(hits)})
+        notice = f"Removed citation markers that point at no passage: {', '.join(f'[{n}]' for n in dropped)}." if dropped else None
+        return AnswerResponse(
+            question=question, answer=answer, abstained=False, model=model, citations=citations,
+            sentences=out_sentences, passages=hits, notice=notice,
+        )
+
+
+def _renumber(raw: str, sentences: list[ParsedSentence], ids: dict[tuple[int, int], int]) -> tuple[str, list[tuple[int, int]]]:
+    """Rewrite each [n] marker as the ids of its citations (dropping numbers that point at no
+    passage); return the new text and each sentence's (start, end) in it."""
+    owner = {m.start: (i, m) for i, sentence in enumerate(sentences) for m in sentence.markers}
+    replacements: list[tuple[int, int, str]] = []
+    for match in MARKER.finditer(raw):
+        new = ""
+        if match.start() in owner:
+            i, marker = owner[match.start()]
+            new = "".join(f"[{c}]" for c in dict.fromkeys(ids[(i, n)] for n in marker.numbers if (i, n) in ids))
+        replacements.append((match.start(), match.end(), new))
+    pieces, pos = [], 0
+    for start, end, new in replacements:
+        pieces += [raw[pos:start], new]
+        pos = end
+    pieces.append(raw[pos:])
+
+    def shift(p: int) -> int:
+        return p + sum(len(new) - (end - start) for start, end, new in replacements if end <= p)
+
+    return "".join(pieces), [(shift(s.start), shift(s.end)) for s in sentences]
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 1)

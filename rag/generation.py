@@ -1,0 +1,71 @@
+"""The one door to LLMs: litellm, streaming. Errors come out as one-line RagErrors: a model
+string litellm cannot route or a missing key is bad input; a timeout or a failing server is a
+GenerationError, which the answerer may answer with its extractive fallback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from rag.errors import BadInputError, RagError
+
+# litellm must not fetch its model price map over the network at import time.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+class GenerationError(RagError):
+    """The model was reachable in principle but failed this time (timeout, server error)."""
+
+
+def stream_completion(
+    messages: list[dict[str, str]],
+    model: str,
+    api_base: str | None,
+    temperature: float,
+    max_tokens: int,
+    timeout_s: float,
+    local_settings=None,
+) -> Iterator[str]:
+    """Yield the answer text piece by piece."""
+    import litellm
+
+    from rag.local_llm import as_rag_error, is_local_model, register_local_provider
+
+    litellm.suppress_debug_info = True
+    if is_local_model(model):
+        register_local_provider(local_settings)
+    try:
+        stream = litellm.completion(
+            model=model,
+            messages=messages,
+            api_base=api_base,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            timeout=timeout_s,
+            stream=True,
+        )
+        for chunk in stream:
+            delta = chunk.choices[0].delta.content if chunk.choices else None
+            if delta:
+                yield delta
+    except (litellm.exceptions.AuthenticationError, litellm.exceptions.PermissionDeniedError) as exc:
+        raise BadInputError(f"model '{model}' refused the credentials: {_first_line(exc)}") from None
+    except (litellm.exceptions.NotFoundError, litellm.exceptions.BadRequestError) as exc:
+        if "provider" in str(exc).lower() or isinstance(exc, litellm.exceptions.NotFoundError):
+            raise BadInputError(f"unknown model '{model}': use a litellm model string such as openai/gpt-4o-mini, "
+                                "ollama/llama3, local/qwen2.5-1.5b-instruct or extractive") from None
+        raise GenerationError(f"model '{model}' rejected the request: {_first_line(exc)}") from None
+    except litellm.exceptions.Timeout:
+        raise GenerationError(f"model '{model}' did not answer within {timeout_s:g} s") from None
+    except BadInputError:
+        raise
+    except Exception as exc:  # every other provider failure is this call's failure, not the user's
+        error = as_rag_error(exc)
+        if isinstance(error, BadInputError):
+            raise error from None
+        raise GenerationError(f"model '{model}' failed: {error}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].removeprefix("litellm.") if text else type(exc).__name__

@@ -1,0 +1,116 @@
+"""Does a cited passage really support the sentence that cites it?
+
+Method (offline, CPU, deterministic), for each (claim, passage) pair:
+1. Candidate spans are the passage's sentences and each pair of neighbouring sentences.
+2. Each candidate is scored by `lexical_weight * recall + (1 - lexical_weight) * cosine`:
+   recall is the share of the claim's content words (stemmed, stop words removed) found in
+   the candidate; cosine is the bundled sentence embedding similarity. The best candidate is
+   the supporting span reported with its document offsets.
+3. Hard checks on the whole passage: every number in the claim must occur in it, and every
+   name (capitalised word not at the sentence start and not taken from the question) must
+   occur in it, compared without accents. A failed check makes the pair unsupported.
+4. supported = checks pass and score >= threshold (calibrated on ClapNQ, see bench/).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+
+from rag.config import VerificationSettings
+from rag.embedding import Embedder
+from rag.lexical import tokenize
+from rag.schema import Span
+from rag.sentences import sentence_spans
+
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+NAME = re.compile(r"\b[^\W\d_][\w’'\-]*", re.UNICODE)
+NUMBER_WORDS = dict(
+    zip("one two three four five six seven eight nine ten eleven twelve".split(), map(str, range(1, 13)))
+)
+
+
+@dataclass
+class Verdict:
+    supported: bool
+    score: float
+    span: Span
+    reason: str
+
+
+def fold(text: str) -> str:
+    """Lower case without accents (Điện Biên -> dien bien), for name and number matching."""
+    text = text.replace("đ", "d").replace("Đ", "D")
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
+
+
+def numbers_in(text: str, spelled: bool = False) -> set[str]:
+    # "22,700" and "22700" are the same number; a trailing sentence period is not a decimal.
+    found = {n.replace(",", "").rstrip(".") for n in NUMBER.findall(text)}
+    if spelled:  # passages may spell out what an answer writes in digits ("nine groups")
+        found |= {NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in NUMBER_WORDS}
+    return found
+
+
+def names_in(claim: str) -> set[str]:
+    words = NAME.findall(claim)
+    return {fold(w) for w in words[1:] if w[:1].isupper() and len(w) > 2}
+
+
+def content_tokens(text: str) -> set[str]:
+    return {t for t in tokenize([text])[0] if t}
+
+
+class Verifier:
+    def __init__(self, embedder: Embedder, settings: VerificationSettings):
+        self.embedder = embedder
+        self.settings = settings
+
+    def verify(self, pairs: list[tuple[str, str, int, int]], question: str = "") -> list[Verdict]:
+        """`pairs` are (claim, document_text, passage_start, passage_end)."""
+        candidates = [self._candidates(text, start, end) for _, text, start, end in pairs]
+        claims = [claim for claim, *_ in pairs]
+        unique = sorted({t for group in candidates for t, _ in group} | set(claims))
+        vectors = dict(zip(unique, self.embedder.encode(unique))) if unique else {}
+        question_words = {fold(w) for w in NAME.findall(question)}
+        return [
+            self._judge(claim, text[start:end], group, vectors, question_words)
+            for (claim, text, start, end), group in zip(pairs, candidates)
+        ]
+
+    @staticmethod
+    def _candidates(text: str, start: int, end: int) -> list[tuple[str, Span]]:
+        sentences = sentence_spans(text, start, end) or [Span(start=start, end=end)]
+        spans = sentences + [Span(start=a.start, end=b.end) for a, b in zip(sentences, sentences[1:])]
+        return [(text[s.start : s.end], s) for s in spans]
+
+    def _judge(
+        self,
+        claim: str,
+        passage: str,
+        candidates: list[tuple[str, Span]],
+        vectors: dict[str, np.ndarray],
+        question_words: set[str],
+    ) -> Verdict:
+        claim_tokens = content_tokens(claim)
+        weight = self.settings.lexical_weight
+        best_score, best_span = -1.0, candidates[0][1]
+        for text, span in candidates:
+            recall = len(claim_tokens & content_tokens(text)) / len(claim_tokens) if claim_tokens else 0.0
+            cosine = float(vectors[claim] @ vectors[text])
+            score = weight * recall + (1 - weight) * cosine
+            if score > best_score:
+                best_score, best_span = score, span
+        folded = fold(passage)
+        missing_numbers = sorted(numbers_in(claim) - numbers_in(passage, spelled=True))
+        if missing_numbers:
+            return Verdict(False, best_score, best_span, f"number {missing_numbers[0]} is not in the passage")
+        missing_names = sorted(n for n in names_in(claim) - question_words if n not in folded)
+        if missing_names:
+            return Verdict(False, best_score, best_span, f"'{missing_names[0]}' is not in the passage")
+        if best_score < self.settings.threshold:
+            return Verdict(False, best_score, best_span, "the passage does not state this")
+        return Verdict(True, best_score, best_span, "")
