@@ -16,7 +16,7 @@ from rag.config import SearchMode, Settings
 from rag.embedding import Embedder
 from rag.errors import BadInputError
 from rag.extractive import extractive_answer, rank_sentences, trimmed_passages
-from rag.generation import GenerationError, stream_completion
+from rag.generation import GenerationError, check_model, stream_completion
 from rag.prompts import answer_messages, is_decline
 from rag.retrieval import Retriever, validate_query
 from rag.schema import AnswerResponse, AnswerSentence, Citation, SearchHit
@@ -72,6 +72,8 @@ class Answerer:
         question = validate_query(question, self.settings.retrieval)
         if len(question) > cfg.max_question_chars:
             raise BadInputError(f"the question is {len(question)} characters long; the limit is {cfg.max_question_chars}")
+        if model != EXTRACTIVE:
+            check_model(model, options.api_base or cfg.api_base)
         timings: dict[str, float] = {}
         clock = started = time.perf_counter()
 

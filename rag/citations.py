@@ -60,6 +60,11 @@ def parse_answer(answer: str) -> list[ParsedSentence]:
             start = inside.pop(0).end
         if not answer[start : span.end].strip():
             continue
+        if sentences and not re.search(r"\w", MARKER.sub("", answer[start : span.end])):
+            # Stray punctuation the splitter cut off ("e.g. [1]." -> "e.g. [1]" + ".").
+            sentences[-1].end = span.end
+            sentences[-1].markers.extend(inside)
+            continue
         lead = len(answer[start : span.end]) - len(answer[start : span.end].lstrip())
         sentences.append(ParsedSentence(start + lead, span.end, "", inside))
     for sentence in sentences:

@@ -91,7 +91,7 @@ class AnswerSettings(BaseModel):
     k: int = Field(4, ge=1)
     sentences_per_passage: int = Field(3, ge=1)
     # Abstain when no passage is this close to the question (dense cosine; calibrated in bench/).
-    min_retrieval_score: float = 0.25
+    min_retrieval_score: float = 0.35
     # Withhold an LLM answer none of whose sentences is supported by its citations.
     abstain_when_unsupported: bool = True
     fallback_to_extractive: bool = True

@@ -17,6 +17,27 @@ class GenerationError(RagError):
     """The model was reachable in principle but failed this time (timeout, server error)."""
 
 
+UNKNOWN_MODEL = (
+    "unknown model '{model}': use a litellm model string such as openai/gpt-4o-mini, ollama/llama3, "
+    "local/qwen2.5-1.5b-instruct, or extractive"
+)
+
+
+def check_model(model: str, api_base: str | None) -> None:
+    """Refuse a model string litellm cannot route, before any work is done for it."""
+    import litellm
+
+    from rag.local_llm import is_local_model
+
+    if is_local_model(model):
+        return
+    litellm.suppress_debug_info = True  # else it prints a provider list to stdout
+    try:
+        litellm.get_llm_provider(model=model, api_base=api_base)
+    except Exception:  # litellm raises several types here, all meaning "cannot route"
+        raise BadInputError(UNKNOWN_MODEL.format(model=model)) from None
+
+
 def stream_completion(
     messages: list[dict[str, str]],
     model: str,
@@ -39,6 +60,8 @@ def stream_completion(
             model=model,
             messages=messages,
             api_base=api_base,
+            # OpenAI-compatible local servers take any key; litellm insists on one.
+            api_key="not-needed" if api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY") else None,
             temperature=temperature,
             max_tokens=max_tokens,
             timeout=timeout_s,
@@ -52,8 +75,7 @@ def stream_completion(
         raise BadInputError(f"model '{model}' refused the credentials: {_first_line(exc)}") from None
     except (litellm.exceptions.NotFoundError, litellm.exceptions.BadRequestError) as exc:
         if "provider" in str(exc).lower() or isinstance(exc, litellm.exceptions.NotFoundError):
-            raise BadInputError(f"unknown model '{model}': use a litellm model string such as openai/gpt-4o-mini, "
-                                "ollama/llama3, local/qwen2.5-1.5b-instruct or extractive") from None
+            raise BadInputError(UNKNOWN_MODEL.format(model=model)) from None
         raise GenerationError(f"model '{model}' rejected the request: {_first_line(exc)}") from None
     except litellm.exceptions.Timeout:
         raise GenerationError(f"model '{model}' did not answer within {timeout_s:g} s") from None

@@ -27,7 +27,7 @@ from rag.schema import Span
 from rag.sentences import sentence_spans
 
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-NAME = re.compile(r"\b[^\W\d_][\w’'\-]*", re.UNICODE)
+NAME = re.compile(r"\b[^\W\d_][\w\-]*")
 NUMBER_WORDS = dict(
     zip("one two three four five six seven eight nine ten eleven twelve".split(), map(str, range(1, 13)))
 )

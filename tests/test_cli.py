@@ -100,3 +100,59 @@ def test_remove_then_search_never_returns_it(workdir, tmp_path) -> None:
     assert rag("remove", "000_c1a45aa062b469e9.txt", "--index-dir", index_dir, cwd=workdir).returncode == 0
     payload = json.loads(rag("search", "529 commune-level military party cells", "--k", "50", "--json", "--index-dir", index_dir, cwd=workdir).stdout)
     assert all(h["doc_id"] != "000_c1a45aa062b469e9.txt" for h in payload["results"])
+
+
+def check_answer_contract(payload: dict, texts: dict[str, str]) -> None:
+    assert {"question", "answer", "abstained", "model", "citations", "timings_ms"} <= payload.keys()
+    for citation in payload["citations"]:
+        assert {"id", "chunk_id", "doc_id", "start", "end", "text", "supported"} <= citation.keys()
+        assert texts[citation["doc_id"]][citation["start"] : citation["end"]] == citation["text"]
+        assert f"[{citation['id']}]" in payload["answer"]
+
+
+def test_ask_json_contract(workdir) -> None:
+    result = rag("ask", "How many commune-level military party cells were established?", "--model", "extractive", "--json", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    texts = {p.name: p.read_text(encoding="utf-8") for p in (workdir / "seeds").iterdir()}
+    check_answer_contract(payload, texts)
+    assert not payload["abstained"] and "529" in payload["answer"]
+    assert payload["citations"][0]["supported"] is True
+
+
+def test_ask_batch_file_prints_one_object_per_line(workdir, tmp_path) -> None:
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(
+        '{"question": "How many commune-level military party cells were established?"}\n'
+        "\n"
+        "How do I bake sourdough bread?\n"
+        '{"question": "   "}\n',
+        encoding="utf-8",
+    )
+    result = rag("ask", "--file", str(questions), "--model", "extractive", "--json", cwd=workdir)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 3
+    assert "529" in lines[0]["answer"] and lines[1]["abstained"] is True
+    assert lines[2]["error"] == "the question is empty"
+    assert result.returncode == 2  # one question was bad input; the others were answered
+
+
+def test_ask_streams_and_prints_checked_spans(workdir) -> None:
+    result = rag("ask", "How many personnel and vehicles were deployed for disaster relief?", "--model", "extractive", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "✓ supported" in result.stdout and "22,700" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("ask", ""), "the question is empty"),
+        (("ask", "Who?", "--model", "nosuchprovider/x"), "unknown model"),
+        (("ask", "--file", "missing.txt"), "no such file"),
+        (("ask",), "give either a question or --file"),
+    ],
+)
+def test_ask_bad_input_exits_2(workdir, args, message) -> None:
+    result = rag(*args, cwd=workdir)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
