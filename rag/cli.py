@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -278,6 +279,108 @@ def _print_answer(response, show_answer: bool) -> None:
         )
         out.print(f"    [italic]“{escape(' '.join(citation.text.split()))}”[/]")
     out.print(f"[dim]{response.model} · {response.timings_ms.get('total', 0) / 1000:.1f} s[/]")
+
+
+@app.command(name="eval")
+def evaluate(
+    target: Annotated[Optional[str], typer.Argument(help="A question set (JSON Lines), or `beir` followed by a BEIR dataset folder.")] = None,
+    beir_dir: Annotated[Optional[Path], typer.Argument(help="With `beir`: the dataset folder (corpus.jsonl, queries.jsonl, qrels/).")] = None,
+    compare: Annotated[Optional[tuple[Path, Path]], typer.Option("--compare", help="Show two saved reports side by side.")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="Retrieval mode (BEIR: only this one; default all).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Answer model (litellm string or `extractive`).")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, max=50, help="Passages given to the model.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N questions.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for report.json and chart.png.")] = None,
+    index_dir: IndexDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate answers on a question set, retrieval on a BEIR dataset, or compare two reports."""
+    from rag import evaluation
+
+    if compare is not None:
+        reports = {path.stem: _read_report(path) for path in compare}
+        if len(reports) < 2:
+            reports = {str(path): _read_report(path) for path in compare}
+        chart = (out or compare[0].parent) / "comparison.png"
+        evaluation.write_chart(reports, chart)
+        if as_json:
+            _print_json({name: r["metrics"] for name, r in reports.items()} | {"chart": str(chart)})
+            return
+        _print_metrics(reports)
+        err.print(f"chart: {chart}")
+        return
+    if target is None:
+        raise BadInputError("give a question set, `beir DIR`, or --compare A.json B.json")
+    if target == "beir":
+        if beir_dir is None:
+            raise BadInputError("give the BEIR dataset folder: rag eval beir DIR")
+        _evaluate_beir(beir_dir, mode, index_dir, as_json)
+        return
+    questions = evaluation.load_questions(Path(target))[:limit]
+    service = _service(index_dir)
+    from rag.answering import AskOptions
+
+    options = AskOptions(k=k, mode=_mode(mode) if mode else None, model=model)
+    progress = Progress(TextColumn("Answering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+    task = progress.add_task("eval", total=len(questions))
+    with progress:
+        report = evaluation.evaluate_questions(service, questions, options, lambda done, total: progress.update(task, completed=done))
+    folder = out or Path("eval-results") / f"{Path(target).stem}-{re.sub(r'[^A-Za-z0-9.-]+', '_', report['model'])}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    evaluation.write_chart({report["model"]: report}, folder / "chart.png")
+    if as_json:
+        _print_json({k: v for k, v in report.items() if k != "per_question"} | {"report": str(folder / "report.json")})
+        return
+    _print_metrics({report["model"]: report})
+    err.print(f"report: {folder / 'report.json'}  chart: {folder / 'chart.png'}")
+
+
+def _read_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        report["metrics"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BadInputError(f"{path} is not a report written by `rag eval`") from None
+    return report
+
+
+def _print_metrics(reports: dict[str, dict]) -> None:
+    table = Table("metric", *reports)
+    first = next(iter(reports.values()))
+    for group, values in first["metrics"].items():
+        for key in values:
+            cells = []
+            for report in reports.values():
+                value = report["metrics"].get(group, {}).get(key)
+                cells.append("–" if value is None else f"{value:.3f}" if isinstance(value, float) and value <= 1 else f"{value:,.0f}")
+            table.add_row(f"{group}.{key}", *cells)
+    out.print(table)
+
+
+def _evaluate_beir(dataset: Path, mode: str | None, index_dir: Path | None, as_json: bool) -> None:
+    from rag.beir import evaluate_beir
+    from rag.retrieval import MODES
+
+    settings = _settings(index_dir)
+    modes = [_mode(mode)] if mode else list(MODES)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+
+    with progress:
+        results = evaluate_beir(dataset, settings, modes, progress=update)
+    if as_json:
+        _print_json(results if len(results) > 1 else next(iter(results.values())) | {"mode": modes[0]})
+        return
+    table = Table("mode", *next(iter(results.values())))
+    for name, metrics in results.items():
+        table.add_row(name, *(f"{v:.4f}" for v in metrics.values()))
+    out.print(table)
 
 
 def _mode(mode: str) -> SearchMode:

@@ -1,0 +1,235 @@
+"""Evaluate answers on a question set: retrieval, answer correctness, ALCE-style citation
+precision/recall, abstention, latency; a JSON report and a PNG chart.
+
+Question set: JSON Lines with `question`, `answerable` (default true), `answers` (acceptable
+short answers), `doc_ids` (gold documents) and/or `quotes` ([{doc_id, quote}], verbatim
+supporting text), optional `id`.
+
+Citation metrics follow ALCE (Gao et al. 2023) with our verifier standing in for its NLI
+model: recall = share of answer sentences supported by at least one of their citations
+(uncited claims count as unsupported); precision = share of citations that support their
+sentence."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from rag.answering import AskOptions
+from rag.beir import run_queries, score_run
+from rag.errors import BadInputError
+from rag.schema import AnswerResponse
+from rag.service import RagService
+from rag.verification import fold
+
+RETRIEVAL_DEPTH = 10
+Progress = Callable[[int, int], None]
+
+
+class Quote(BaseModel):
+    doc_id: str
+    quote: str
+
+
+class EvalQuestion(BaseModel):
+    id: str
+    question: str
+    answerable: bool = True
+    answers: list[str] = Field(default_factory=list)
+    doc_ids: list[str] = Field(default_factory=list)
+    quotes: list[Quote] = Field(default_factory=list)
+
+
+def load_questions(path: Path) -> list[EvalQuestion]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"cannot read question set {path}: {exc.__class__.__name__}") from None
+    questions = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record.setdefault("id", f"line{number}")
+            questions.append(EvalQuestion.model_validate(record))
+        except ValueError as exc:
+            raise BadInputError(f"{path}:{number}: not a question record ({str(exc).splitlines()[0]})") from None
+    if not questions:
+        raise BadInputError(f"{path} holds no questions")
+    return questions
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"\w+", fold(text))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = _tokens(prediction), _tokens(gold)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def contains_answer(prediction: str, answers: list[str]) -> bool:
+    folded = " ".join(_tokens(prediction))
+    return any(" ".join(_tokens(a)) in folded for a in answers if _tokens(a))
+
+
+def quote_cited(response: AnswerResponse, quotes: list[Quote], documents: dict) -> bool:
+    """Does a returned citation span cover at least half of a gold quote (in any copy)?"""
+    for citation in response.citations:
+        text = documents[citation.doc_id].text
+        for quote in quotes:
+            at = text.find(quote.quote)
+            if at >= 0:
+                overlap = min(at + len(quote.quote), citation.end) - max(at, citation.start)
+                if overlap >= len(quote.quote) / 2:
+                    return True
+    return False
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def evaluate_questions(
+    service: RagService, questions: list[EvalQuestion], options: AskOptions, progress: Progress | None = None
+) -> dict:
+    documents = service.index.documents
+    rows = []
+    for done, q in enumerate(questions, start=1):
+        response = service.ask(q.question, options)
+        sentences = response.sentences
+        claims = [s for s in sentences if s.status != "no_claim"]
+        invalid = sum(documents[c.doc_id].text[c.start : c.end] != c.text for c in response.citations)
+        rows.append({
+            "id": q.id,
+            "question": q.question,
+            "answerable": q.answerable,
+            "abstained": response.abstained,
+            "answer": response.answer,
+            "notice": response.notice,
+            "correct": (not response.abstained and contains_answer(response.answer, q.answers)) if q.answerable else response.abstained,
+            "token_f1": max((token_f1(response.answer, a) for a in q.answers), default=0.0) if q.answerable and not response.abstained else 0.0,
+            "quote_cited": quote_cited(response, q.quotes, documents) if q.answerable and q.quotes else None,
+            "claims": len(claims),
+            "supported_claims": sum(s.status in ("supported", "partly") for s in claims),
+            "citations": len(response.citations),
+            "supporting_citations": sum(bool(c.supported) for c in response.citations),
+            "invalid_offsets": invalid,
+            "first_token_ms": response.timings_ms.get("first_token"),
+            "total_ms": response.timings_ms.get("total", 0.0),
+        })
+        if progress:
+            progress(done, len(questions))
+
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+    answered = [r for r in answerable if not r["abstained"]]
+    gold = {q.id: dict.fromkeys(q.doc_ids or [x.doc_id for x in q.quotes], 1) for q in questions if q.answerable}
+    gold = {qid: docs for qid, docs in gold.items() if docs}
+    retrieval = {}
+    if gold:
+        run = run_queries(service, {q.id: q.question for q in questions if q.id in gold}, options.mode or service.settings.retrieval.mode, RETRIEVAL_DEPTH, RETRIEVAL_DEPTH)
+        scores = score_run(gold, run, ["recall@5", "mrr@10", "ndcg@10"])
+        retrieval = {"Recall@5": scores["recall@5"], "MRR@10": scores["mrr@10"], "nDCG@10": scores["ndcg@10"]}
+
+    def share(part: int, whole: int) -> float | None:
+        return part / whole if whole else None
+
+    with_quotes = [r for r in answerable if r["quote_cited"] is not None]
+    first_tokens = [r["first_token_ms"] for r in rows if r["first_token_ms"] is not None]
+    metrics = {
+        "retrieval": retrieval,
+        "answer": {
+            "accuracy": share(sum(r["correct"] for r in answerable), len(answerable)),
+            "accuracy_when_answered": share(sum(r["correct"] for r in answered), len(answered)),
+            "token_f1": statistics.fmean(r["token_f1"] for r in answerable) if answerable else None,
+        },
+        "citations": {
+            "recall": share(sum(r["supported_claims"] for r in answered), sum(r["claims"] for r in answered)),
+            "precision": share(sum(r["supporting_citations"] for r in answered), sum(r["citations"] for r in answered)),
+            "quote_in_span": share(sum(bool(r["quote_cited"]) for r in with_quotes), len(with_quotes)),
+            "invalid_offsets": sum(r["invalid_offsets"] for r in rows),
+        },
+        "abstention": {
+            "unanswerable_abstained": share(sum(r["abstained"] for r in unanswerable), len(unanswerable)),
+            "answerable_abstained": share(sum(r["abstained"] for r in answerable), len(answerable)),
+            "accuracy": share(sum(r["abstained"] != r["answerable"] for r in rows), len(rows)),
+        },
+        "latency_ms": {
+            "first_token_p50": _percentile(first_tokens, 0.5),
+            "first_token_p95": _percentile(first_tokens, 0.95),
+            "total_p50": _percentile([r["total_ms"] for r in rows], 0.5),
+            "total_p95": _percentile([r["total_ms"] for r in rows], 0.95),
+        },
+    }
+    return {
+        "model": options.model or service.settings.answer.model,
+        "mode": options.mode or service.settings.retrieval.mode,
+        "questions": len(rows),
+        "answerable": len(answerable),
+        "unanswerable": len(unanswerable),
+        "metrics": metrics,
+        "per_question": rows,
+    }
+
+
+CHART_METRICS = [
+    ("answer", "accuracy", "answer accuracy"),
+    ("citations", "quote_in_span", "gold quote cited"),
+    ("citations", "recall", "citation recall"),
+    ("citations", "precision", "citation precision"),
+    ("abstention", "unanswerable_abstained", "abstains when unanswerable"),
+    ("abstention", "answerable_abstained", "abstains when answerable"),
+    ("retrieval", "Recall@5", "retrieval Recall@5"),
+    ("retrieval", "nDCG@10", "retrieval nDCG@10"),
+]
+
+
+def chart_rows(report: dict) -> list[tuple[str, float]]:
+    return [
+        (label, report["metrics"][group][key])
+        for group, key, label in CHART_METRICS
+        if report["metrics"].get(group, {}).get(key) is not None
+    ]
+
+
+def write_chart(reports: dict[str, dict], path: Path) -> None:
+    """Horizontal bars per metric, one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(reports)
+    labels = [label for label, _ in chart_rows(reports[names[0]])]
+    height = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
+    for i, name in enumerate(names):
+        values = dict(chart_rows(reports[name]))
+        positions = [j + i * height for j in range(len(labels))]
+        bars = ax.barh(positions, [values.get(label, 0.0) for label in labels], height=height, label=name)
+        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
+    ax.set_yticks([j + height * (len(names) - 1) / 2 for j in range(len(labels))], labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("share (higher is better, except 'abstains when answerable')")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Question-set evaluation")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
