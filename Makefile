@@ -18,6 +18,7 @@ install: $(STAMP)
 run: install
 	$(BIN)/rag index
 	$(BIN)/rag search "$(QUESTION)" --k 3
+	$(BIN)/rag ask "$(QUESTION)"
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -20,7 +20,7 @@ from rag.generation import GenerationError, check_model, stream_completion
 from rag.prompts import answer_messages, is_decline
 from rag.retrieval import Retriever, validate_query
 from rag.schema import AnswerResponse, AnswerSentence, Citation, SearchHit
-from rag.verification import Verifier, content_tokens
+from rag.verification import Verdict, Verifier, content_tokens
 
 EXTRACTIVE = "extractive"
 # Uncited sentences with fewer new content words than this are connective text, not claims.
@@ -52,12 +52,11 @@ class AskOptions:
 
 
 class Answerer:
-    def __init__(self, retriever: Retriever, embedder: Embedder, settings: Settings, local_llm_settings=None):
+    def __init__(self, retriever: Retriever, embedder: Embedder, settings: Settings):
         self.retriever = retriever
         self.embedder = embedder
         self.settings = settings
         self.verifier = Verifier(embedder, settings.verification)
-        self.local_llm_settings = local_llm_settings
 
     def answer(self, question: str, options: AskOptions | None = None) -> AnswerResponse:
         for event in self.stream(question, options):
@@ -109,7 +108,7 @@ class Answerer:
                     temperature=cfg.temperature if options.temperature is None else options.temperature,
                     max_tokens=options.max_tokens or cfg.max_tokens,
                     timeout_s=options.timeout_s or cfg.timeout_s,
-                    local_settings=self.local_llm_settings,
+                    local_settings=self.settings.local_llm,
                 ):
                     if not pieces:
                         timings["first_token"] = _ms(started)
@@ -155,43 +154,70 @@ class Answerer:
     def _cited_response(self, question: str, model: str, raw: str, hits: list[SearchHit]) -> AnswerResponse:
         sentences = parse_answer(raw)
         documents = self.retriever.index.documents
-        pairs: list[tuple[int, int]] = []  # (sentence index, passage number)
-        for i, sentence in enumerate(sentences):
-            pairs.extend((i, n) for n in sentence.numbers if 1 <= n <= len(hits))
-        verdicts = self.verifier.verify(
-            [
-                (sentences[i].text, documents[hits[n - 1].doc_id].text, hits[n - 1].start, hits[n - 1].end)
-                for i, n in pairs
-            ],
-            question,
-        )
+        question_tokens = content_tokens(question)
+
+        def verify(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], Verdict]:
+            claims = [(sentences[i].text, documents[hits[n - 1].doc_id].text, hits[n - 1].start, hits[n - 1].end) for i, n in pairs]
+            return dict(zip(pairs, self.verifier.verify(claims, question)))
+
+        cited = {i: [n for n in s.numbers if 1 <= n <= len(hits)] for i, s in enumerate(sentences)}
+        verdicts = verify([(i, n) for i, ns in cited.items() for n in ns])
+        # A claim none of whose citations holds up may still be stated by another retrieved
+        # passage: point the citation there (and say so) rather than show a wrong source.
+        claims = {
+            i for i, s in enumerate(sentences)
+            if cited[i] or len(content_tokens(s.text) - question_tokens) >= CLAIM_MIN_NEW_WORDS
+        }
+        unsupported = [i for i in sorted(claims) if not any(verdicts[(i, n)].supported for n in cited[i])]
+        alternatives = verify([(i, n) for i in unsupported for n in range(1, len(hits) + 1) if n not in cited[i]])
+        repairs: dict[int, tuple[int, Verdict]] = {}
+        for i in unsupported:
+            options = [(v.score, n, v) for (j, n), v in alternatives.items() if j == i and v.supported]
+            if options:
+                _, n, verdict = max(options, key=lambda option: option[0])
+                repairs[i] = (n, verdict)
+
         citations: list[Citation] = []
         ids: dict[tuple[int, int], int] = {}
-        for (i, n), verdict in zip(pairs, verdicts):
+        insertions: dict[int, int] = {}
+
+        def add(i: int, n: int, verdict: Verdict, origin: str, reason: str) -> int:
             hit = hits[n - 1]
-            text = documents[hit.doc_id].text
-            ids[(i, n)] = len(citations) + 1
             citations.append(Citation(
                 id=len(citations) + 1, passage=n, sentence=i, chunk_id=hit.chunk_id, doc_id=hit.doc_id,
-                start=verdict.span.start, end=verdict.span.end, text=text[verdict.span.start : verdict.span.end],
-                chunk_start=hit.start, chunk_end=hit.end, title=hit.title,
-                supported=verdict.supported, score=round(verdict.score, 4), reason=verdict.reason,
+                start=verdict.span.start, end=verdict.span.end, text=documents[hit.doc_id].text[verdict.span.start : verdict.span.end],
+                chunk_start=hit.start, chunk_end=hit.end, title=hit.title, supported=verdict.supported,
+                score=round(verdict.score, 4), reason=reason, origin=origin,
             ))
-        answer, spans = _renumber(raw, sentences, ids)
-        question_tokens = content_tokens(question)
+            return len(citations)
+
+        for i in range(len(sentences)):
+            if i in repairs:
+                n, verdict = repairs[i]
+                if cited[i]:
+                    wrong = ", ".join(f"[{m}]" for m in cited[i])
+                    new_id = add(i, n, verdict, "corrected", f"the model cited passage {wrong}, which does not state this")
+                    ids.update({(i, m): new_id for m in cited[i]})
+                else:
+                    insertions[i] = add(i, n, verdict, "added", "the model gave no citation; this passage states it")
+                continue
+            for n in cited[i]:
+                ids[(i, n)] = add(i, n, verdicts[(i, n)], "model", verdicts[(i, n)].reason)
+
+        answer, spans = _renumber(raw, sentences, ids, insertions)
         out_sentences = []
         for i, (sentence, (start, end)) in enumerate(zip(sentences, spans)):
-            cited = [ids[(i, n)] for n in sentence.numbers if (i, n) in ids]
-            verdict_flags = [citations[c - 1].supported for c in cited]
-            if not cited:
-                status = "uncited" if len(content_tokens(sentence.text) - question_tokens) >= CLAIM_MIN_NEW_WORDS else "no_claim"
-            elif all(verdict_flags):
+            own = [c.id for c in citations if c.sentence == i]
+            flags = [citations[c - 1].supported for c in own]
+            if not own:
+                status = "uncited" if i in claims else "no_claim"
+            elif all(flags):
                 status = "supported"
-            elif any(verdict_flags):
+            elif any(flags):
                 status = "partly"
             else:
                 status = "unsupported"
-            out_sentences.append(AnswerSentence(text=sentence.text, start=start, end=end, citations=cited, status=status))
+            out_sentences.append(AnswerSentence(text=sentence.text, start=start, end=end, citations=own, status=status))
         dropped = sorted({n for s in sentences for n in s.numbers if not 1 <= n <= len(hits)})
         notice = f"Removed citation markers that point at no passage: {', '.join(f'[{n}]' for n in dropped)}." if dropped else None
         return AnswerResponse(
@@ -200,9 +226,12 @@ class Answerer:
         )
 
 
-def _renumber(raw: str, sentences: list[ParsedSentence], ids: dict[tuple[int, int], int]) -> tuple[str, list[tuple[int, int]]]:
+def _renumber(
+    raw: str, sentences: list[ParsedSentence], ids: dict[tuple[int, int], int], insertions: dict[int, int]
+) -> tuple[str, list[tuple[int, int]]]:
     """Rewrite each [n] marker as the ids of its citations (dropping numbers that point at no
-    passage); return the new text and each sentence's (start, end) in it."""
+    passage), add the markers of `insertions` ({sentence: citation id}) before a sentence's
+    closing punctuation, and return the new text with each sentence's (start, end) in it."""
     owner = {m.start: (i, m) for i, sentence in enumerate(sentences) for m in sentence.markers}
     replacements: list[tuple[int, int, str]] = []
     for match in MARKER.finditer(raw):
@@ -211,6 +240,12 @@ def _renumber(raw: str, sentences: list[ParsedSentence], ids: dict[tuple[int, in
             i, marker = owner[match.start()]
             new = "".join(f"[{c}]" for c in dict.fromkeys(ids[(i, n)] for n in marker.numbers if (i, n) in ids))
         replacements.append((match.start(), match.end(), new))
+    for i, citation_id in insertions.items():
+        at = sentences[i].end
+        while at > sentences[i].start and raw[at - 1] in ".!?":
+            at -= 1
+        replacements.append((at, at, f" [{citation_id}]"))
+    replacements.sort()
     pieces, pos = [], 0
     for start, end, new in replacements:
         pieces += [raw[pos:start], new]

@@ -80,6 +80,36 @@ class VerificationSettings(BaseModel):
     lexical_weight: float = Field(0.5, ge=0, le=1)
 
 
+class LocalLLMSettings(BaseModel):
+    # A GGUF file to serve; None = the bundled Qwen2.5-Coder-1.5B-Instruct Q4_K_M.
+    gguf: Path | None = None
+    # Where the bundled GGUF is assembled; None = $XDG_CACHE_HOME/cited-rag/models (~/.cache/...).
+    cache_dir: Path | None = None
+    # Threads for generation and prompt processing. 2 on this 2-core machine: with waiting OpenMP
+    # threads asleep (omp_passive) it stays ahead of 1 thread even with other work running
+    # (bench/RESULTS.md: time to first token p50 5.0 s vs 10.2 s on the seed questions).
+    n_threads: int = Field(2, ge=1)
+    # Threads for prompt processing (batches); None = same as n_threads.
+    n_threads_batch: int | None = Field(None, ge=1)
+    # Busy-wait for work between steps (llama.cpp --poll 50) instead of sleeping (--poll 0).
+    poll: bool = False
+    # The prebuilt xllamacpp wheel uses OpenMP, whose threads spin while waiting; with 2 threads on
+    # 2 cores and anything else running that spinning makes generation collapse (measured: 150
+    # tokens in >300 s). OMP_WAIT_POLICY=PASSIVE (set before xllamacpp loads libgomp, unless the
+    # environment already sets it) makes waiting threads sleep instead.
+    omp_passive: bool = True
+    # Context tokens per request (prompt + answer).
+    n_ctx: int = Field(4096, ge=256)
+    # Requests served at once (llama.cpp slots); more wait in the server's queue.
+    max_concurrent: int = Field(1, ge=1)
+    # Reuse the KV cache of the longest common prefix with the previous request (system prompt).
+    cache_prompt: bool = True
+    # Used when a litellm caller passes no timeout (seconds, for the whole HTTP exchange).
+    request_timeout: float = Field(600.0, gt=0)
+    # Seconds allowed for loading the model into the server.
+    start_timeout: float = Field(300.0, gt=0)
+
+
 class AnswerSettings(BaseModel):
     # Any litellm model string; `extractive` composes the answer from passage sentences, no LLM.
     model: str = "local/qwen2.5-1.5b-instruct"
@@ -110,6 +140,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     verification: VerificationSettings = VerificationSettings()
     answer: AnswerSettings = AnswerSettings()
+    local_llm: LocalLLMSettings = LocalLLMSettings()
 
     model_config = SettingsConfigDict(env_prefix="RAG_", env_nested_delimiter="__", extra="ignore")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from rag.config import LocalLLMSettings
 from rag.errors import BadInputError, RagError
 
 # litellm must not fetch its model price map over the network at import time.
@@ -45,7 +46,7 @@ def stream_completion(
     temperature: float,
     max_tokens: int,
     timeout_s: float,
-    local_settings=None,
+    local_settings: LocalLLMSettings | None = None,
 ) -> Iterator[str]:
     """Yield the answer text piece by piece."""
     import litellm

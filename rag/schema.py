@@ -106,6 +106,9 @@ class Citation(BaseModel):
     supported: bool | None
     score: float | None = None
     reason: str = ""
+    # model: as the model cited it; corrected: the model cited a passage that does not state
+    # this and the verifier found one that does; added: the model gave no citation.
+    origin: str = "model"
 
 
 class AnswerSentence(BaseModel):

@@ -120,3 +120,21 @@ def test_model_that_hangs_times_out_and_falls_back(seed_service) -> None:
 def test_unknown_model_is_bad_input(seed_service) -> None:
     with pytest.raises(BadInputError, match="unknown model 'nosuchprovider/x'"):
         seed_service.ask(CELLS, AskOptions(model="nosuchprovider/x"))
+
+
+def test_wrong_or_missing_citations_are_pointed_at_the_passage_that_states_the_claim(seed_service, scripted) -> None:
+    passages = seed_service.search(CELLS, k=4).results
+    cells = next(i for i, p in enumerate(passages, start=1) if "529" in p.text)
+    wrong = next(i for i in range(1, 5) if i != cells and "529" not in passages[i - 1].text)
+    scripted(
+        f"The Party Committee established 529 commune-level military party cells [{wrong}]. "
+        "The cells were set up when local military agencies were reorganized."
+    )
+    response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
+    corrected, added = response.citations
+    assert corrected.origin == "corrected" and corrected.passage == cells and corrected.supported
+    assert f"[{wrong}]" in corrected.reason
+    assert added.origin == "added" and added.supported and added.sentence == 1
+    assert response.answer.endswith("reorganized [2].")
+    assert [s.status for s in response.sentences] == ["supported", "supported"]
+    check_offsets(seed_service, response)
