@@ -243,7 +243,9 @@ def clean_document(doc: Document, boilerplate_lines: set[str], settings: Cleanin
 
     kept = [p for p in paragraphs if p.class_type == "good"]
     if not kept:
-        log.warning("cleaning found no main text in %s; keeping all but obvious boilerplate", doc.doc_id)
+        # Short texts (an abstract, a note) have no surrounding page to judge them against.
+        if len(paragraphs) >= 3:
+            log.warning("cleaning found no main text in %s; keeping all but obvious boilerplate", doc.doc_id)
         kept = [p for i, p in enumerate(paragraphs) if i not in hard_bad]
     return [Block(start=p.block.start, end=p.block.end, kind="heading" if p.heading else "paragraph") for p in kept]
 

@@ -18,7 +18,7 @@ ANSWER_SYSTEM = (
     "like [1] or [1][2].\n"
     f"- If the passages do not contain the answer, reply with exactly {NOT_FOUND} and nothing else.\n"
     "- Answer in one to three short sentences.\n"
-    "Example answer: The bridge was opened in May 2019 [2]."
+    "Example answer: The committee approved the plan [2]."
 )
 
 ANSWER_USER = "Passages:\n{passages}\n\nQuestion: {question}"

@@ -3,8 +3,8 @@
 Method (offline, CPU, deterministic), for each (claim, passage) pair:
 1. Candidate spans are the passage's sentences and each pair of neighbouring sentences.
 2. Each candidate is scored by `lexical_weight * recall + (1 - lexical_weight) * cosine`:
-   recall is the share of the claim's content words (stemmed, stop words removed) found in
-   the candidate; cosine is the bundled sentence embedding similarity. The best candidate is
+   recall is the share of the claim's content words (stemmed, stop words removed, minus the
+   words it repeats from the question) found in the candidate; cosine is the bundled sentence embedding similarity. The best candidate is
    the supporting span reported with its document offsets.
 3. Hard checks on the whole passage: every number in the claim must occur in it, and every
    name (capitalised word not at the sentence start and not taken from the question) must
@@ -76,8 +76,9 @@ class Verifier:
         unique = sorted({t for group in candidates for t, _ in group} | set(claims))
         vectors = dict(zip(unique, self.embedder.encode(unique))) if unique else {}
         question_words = {fold(w) for w in NAME.findall(question)}
+        question_tokens = content_tokens(question)
         return [
-            self._judge(claim, text[start:end], group, vectors, question_words)
+            self._judge(claim, text[start:end], group, vectors, question_words, question_tokens)
             for (claim, text, start, end), group in zip(pairs, candidates)
         ]
 
@@ -94,8 +95,11 @@ class Verifier:
         candidates: list[tuple[str, Span]],
         vectors: dict[str, np.ndarray],
         question_words: set[str],
+        question_tokens: set[str],
     ) -> Verdict:
-        claim_tokens = content_tokens(claim)
+        # What the claim adds to the question must be in the passage; words it merely repeats
+        # from the question need no support (small models restate the question a lot).
+        claim_tokens = (content_tokens(claim) - question_tokens) or content_tokens(claim)
         weight = self.settings.lexical_weight
         best_score, best_span = -1.0, candidates[0][1]
         for text, span in candidates:
