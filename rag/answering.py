@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from rag.citations import MARKER, ParsedSentence, parse_answer
 from rag.config import SearchMode, Settings
 from rag.embedding import Embedder
-from rag.errors import BadInputError
 from rag.extractive import extractive_answer, rank_sentences, trimmed_passages
 from rag.generation import GenerationError, check_model, stream_completion
 from rag.prompts import answer_messages, is_decline
@@ -69,8 +68,6 @@ class Answerer:
         options = options or AskOptions()
         model = options.model or cfg.model
         question = validate_query(question, self.settings.retrieval)
-        if len(question) > cfg.max_question_chars:
-            raise BadInputError(f"the question is {len(question)} characters long; the limit is {cfg.max_question_chars}")
         if model != EXTRACTIVE:
             check_model(model, options.api_base or cfg.api_base)
         timings: dict[str, float] = {}

@@ -128,7 +128,6 @@ class AnswerSettings(BaseModel):
     extractive_sentences: int = Field(2, ge=1)
     # Extractive answers need a sentence at least this relevant to the question.
     extractive_min_score: float = 0.45
-    max_question_chars: int = 2000
 
 
 class Settings(BaseSettings):
