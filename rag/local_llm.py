@@ -519,6 +519,20 @@ def _make_provider_class():
             llm_provider=LOCAL_PROVIDER,
         )
 
+    @contextlib.contextmanager
+    def transport_errors(model: str, limit: Any) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TimeoutException:
+            raise timeout_error(model, limit) from None
+        except httpx.HTTPError as exc:
+            raise RagError(f"local model server unreachable: {type(exc).__name__}") from None
+
+    def completion_result(response: Any, model_response: Any, model: str) -> Any:
+        if response.status_code != 200:
+            raise RagError(_error_message(response.status_code, response.text))
+        return _fill_response(model_response, response.json(), model)
+
     class LocalLLMProvider(CustomLLM):
         """litellm provider `local/...`: chat completions from the in-process llama.cpp server."""
 
@@ -531,16 +545,10 @@ def _make_provider_class():
             server = self._server()
             body = _request_body(messages, optional_params, server.settings, stream=False)
             limit = _httpx_timeout(timeout, server.settings)
-            try:
+            with transport_errors(model, limit):
                 response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body,
                                       headers=server.headers, timeout=limit, trust_env=False)
-            except httpx.TimeoutException:
-                raise timeout_error(model, limit) from None
-            except httpx.HTTPError as exc:
-                raise RagError(f"local model server unreachable: {type(exc).__name__}") from None
-            if response.status_code != 200:
-                raise RagError(_error_message(response.status_code, response.text))
-            return _fill_response(model_response, response.json(), model)
+            return completion_result(response, model_response, model)
 
         def streaming(self, model, messages, api_base, custom_prompt_dict, model_response, print_verbose,
                       encoding, api_key, logging_obj, optional_params, acompletion=None, litellm_params=None,
@@ -578,17 +586,11 @@ def _make_provider_class():
             server = await asyncio.to_thread(self._server)
             body = _request_body(messages, optional_params, server.settings, stream=False)
             limit = _httpx_timeout(timeout, server.settings)
-            try:
+            with transport_errors(model, limit):
                 async with httpx.AsyncClient(timeout=limit, trust_env=False) as http:
                     response = await http.post(f"{server.base_url}/v1/chat/completions", json=body,
                                                headers=server.headers)
-            except httpx.TimeoutException:
-                raise timeout_error(model, limit) from None
-            except httpx.HTTPError as exc:
-                raise RagError(f"local model server unreachable: {type(exc).__name__}") from None
-            if response.status_code != 200:
-                raise RagError(_error_message(response.status_code, response.text))
-            return _fill_response(model_response, response.json(), model)
+            return completion_result(response, model_response, model)
 
         async def astreaming(self, model, messages, api_base, custom_prompt_dict, model_response, print_verbose,
                              encoding, api_key, logging_obj, optional_params, acompletion=None, litellm_params=None,
