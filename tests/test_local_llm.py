@@ -183,8 +183,10 @@ def test_as_rag_error_finds_the_cause():
 
 @pytest.fixture(scope="module")
 def local_model():
-    register_local_provider(LocalLLMSettings(n_ctx=2048))
-    server = local_llm.get_local_server()
+    settings = LocalLLMSettings(n_ctx=2048)
+    register_local_provider(settings)
+    # The same settings the provider will ask for, so an earlier test's server is replaced now.
+    server = local_llm.get_local_server(settings)
     yield server
     local_llm.stop_local_server()
 
