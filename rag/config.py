@@ -74,7 +74,7 @@ class RetrievalSettings(BaseModel):
 
 
 class VerificationSettings(BaseModel):
-    # A (claim, passage) pair is supported when its score reaches this (calibrated on ClapNQ).
+    # A (claim, passage) pair is supported when its score reaches this (set on the seed questions).
     threshold: float = 0.55
     # Share of lexical recall in the score; the rest is embedding cosine similarity.
     lexical_weight: float = Field(0.5, ge=0, le=1)
