@@ -204,6 +204,49 @@ def ask(
             _print_answer(event.response, show_answer=not streamed or event.response.abstained)
 
 
+@app.command()
+def check(
+    file: Annotated[Optional[str], typer.Argument(help="JSON answer with citations (as `rag ask --json` prints), or - for stdin.")] = None,
+    claim: Annotated[Optional[str], typer.Option("--claim", help="Check one claim instead of a file.")] = None,
+    doc: Annotated[Optional[str], typer.Option("--doc", help="With --claim: the document it cites (omit to search the index for evidence).")] = None,
+    index_dir: IndexDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check each cited sentence of an answer against the passage it cites."""
+    from pydantic import ValidationError
+
+    from rag.checking import CheckRequest
+
+    if (file is None) == (claim is None):
+        raise BadInputError("give a JSON file (or - for stdin), or --claim TEXT")
+    if claim is not None:
+        request = CheckRequest(claim=claim, doc_id=doc)
+    else:
+        try:
+            raw = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+            request = CheckRequest.model_validate_json(raw)
+        except FileNotFoundError:
+            raise BadInputError(f"no such file: {file}") from None
+        except (OSError, UnicodeDecodeError):
+            raise BadInputError(f"cannot read {file} as UTF-8 text") from None
+        except ValidationError as exc:
+            raise BadInputError(f"not an answer to check: {exc.errors()[0]['msg']} at {'.'.join(map(str, exc.errors()[0]['loc'])) or 'top level'}") from None
+    report = _service(index_dir).check(request)
+    if as_json:
+        _print_json(report.model_dump())
+        return
+    for sentence in report.sentences:
+        out.print(f"[bold]{escape(sentence.text)}[/]  [dim]{sentence.status}[/]")
+        for verdict in sentence.citations:
+            style = {"supported": "[green]✓ supported[/]", "not_supported": "[red]✗ not supported[/]"}.get(verdict.verdict, "[red]✗ points at nothing[/]")
+            where = f" {escape(verdict.doc_id or '')} [{verdict.start}:{verdict.end}]" if verdict.start is not None else ""
+            out.print(f"  [{verdict.id}] {style}{where}" + (f"  [dim]({escape(verdict.reason)})[/]" if verdict.reason else ""))
+            if verdict.text:
+                out.print(f"      [italic]“{escape(' '.join(verdict.text.split()))}”[/]")
+    if report.uncited_claims:
+        out.print(f"[yellow]{len(report.uncited_claims)} claim(s) without a citation[/]")
+
+
 def _questions(file: Path) -> list[str]:
     try:
         lines = file.read_text(encoding="utf-8").splitlines()

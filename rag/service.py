@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from rag.answering import Answerer, AnswerEvent, AskOptions
+from rag.checking import Checker, CheckReport, CheckRequest
 from rag.config import SearchMode, Settings, load_settings
 from rag.embedding import Embedder, model_fingerprint
 from rag.errors import BadInputError, IncompatibleIndexError
@@ -64,6 +65,9 @@ class RagService:
 
     def ask_stream(self, question: str, options: AskOptions | None = None) -> Iterator[AnswerEvent]:
         return self.answerer.stream(question, options)
+
+    def check(self, request: CheckRequest) -> CheckReport:
+        return Checker(self.retriever, self.answerer.verifier).check(request)
 
     def _reset(self) -> None:
         with self._lock:

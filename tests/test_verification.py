@@ -55,3 +55,10 @@ def test_names_from_the_question_are_not_required_in_the_passage(verifier) -> No
     claim = "In Gia Lai, the Party Committee established 529 commune-level military party cells."
     assert not verdict(verifier, claim).supported
     assert verdict(verifier, claim, question="What did Gia Lai's committee establish?").supported
+
+
+@pytest.mark.slow
+def test_numbers_from_the_question_or_inside_names_need_not_be_in_the_passage(verifier) -> None:
+    claim = "Military Region 2 established 529 commune-level military party cells."
+    assert not verdict(verifier, claim).supported  # "2" is nowhere in this text
+    assert verdict(verifier, claim, question="What did Military Region 2 establish?").supported
