@@ -19,11 +19,9 @@ from rag.generation import GenerationError, check_model, stream_completion
 from rag.prompts import answer_messages, is_decline
 from rag.retrieval import Retriever, validate_query
 from rag.schema import AnswerResponse, AnswerSentence, Citation, SearchHit
-from rag.verification import Verdict, Verifier, content_tokens
+from rag.verification import Verdict, Verifier, content_tokens, makes_claim
 
 EXTRACTIVE = "extractive"
-# Uncited sentences with fewer new content words than this are connective text, not claims.
-CLAIM_MIN_NEW_WORDS = 3
 
 NOT_FOUND_ANSWER = "The documents do not contain an answer to this question."
 
@@ -163,7 +161,7 @@ class Answerer:
         # passage: point the citation there (and say so) rather than show a wrong source.
         claims = {
             i for i, s in enumerate(sentences)
-            if cited[i] or len(content_tokens(s.text) - question_tokens) >= CLAIM_MIN_NEW_WORDS
+            if cited[i] or makes_claim(s.text, question_tokens)
         }
         unsupported = [i for i in sorted(claims) if not any(verdicts[(i, n)].supported for n in cited[i])]
         alternatives = verify([(i, n) for i in unsupported for n in range(1, len(hits) + 1) if n not in cited[i]])

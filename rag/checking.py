@@ -13,11 +13,10 @@ from pydantic import BaseModel, Field
 from rag.citations import parse_answer
 from rag.errors import BadInputError
 from rag.retrieval import Retriever
-from rag.verification import Verifier, content_tokens
+from rag.verification import Verifier, makes_claim
 
 # How many passages to try for a claim that names no source.
 EVIDENCE_CANDIDATES = 5
-CLAIM_MIN_WORDS = 3
 
 
 class GivenCitation(BaseModel):
@@ -126,6 +125,6 @@ class Checker:
 
 def _status(text: str, verdicts: list[CitationVerdict]) -> str:
     if not verdicts:
-        return "uncited" if len(content_tokens(text)) >= CLAIM_MIN_WORDS else "no_claim"
+        return "uncited" if makes_claim(text) else "no_claim"
     flags = [v.supported for v in verdicts]
     return "supported" if all(flags) else "partly" if any(flags) else "unsupported"

@@ -68,11 +68,11 @@ def parse_answer(answer: str) -> list[ParsedSentence]:
         lead = len(answer[start : span.end]) - len(answer[start : span.end].lstrip())
         sentences.append(ParsedSentence(start + lead, span.end, "", inside))
     for sentence in sentences:
-        sentence.text = " ".join(MARKER.sub(" ", answer[sentence.start : sentence.end]).split())
-        # "...was 529 [1]." leaves "529 ." behind; tidy the space before closing punctuation.
-        sentence.text = re.sub(r"\s+([.,;:!?])", r"\1", sentence.text)
+        sentence.text = strip_markers(answer[sentence.start : sentence.end])
     return sentences
 
 
 def strip_markers(text: str) -> str:
+    """Text without markers; "...was 529 [1]." would leave "529 ." behind, so the space
+    before closing punctuation goes too."""
     return re.sub(r"\s+([.,;:!?])", r"\1", " ".join(MARKER.sub(" ", text).split()))

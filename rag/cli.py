@@ -78,11 +78,16 @@ def _print_report(report: IndexReport) -> None:
     )
 
 
-def _embed_progress():
-    progress = Progress(
-        TextColumn("Embedding passages"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+def _progress_bar(label: str = "{task.description}") -> Progress:
+    """Progress on stderr, so `--json` output on stdout stays clean."""
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
         console=err, transient=True,
     )
+
+
+def _embed_progress():
+    progress = _progress_bar("Embedding passages")
     task = progress.add_task("embed", total=None)
 
     def update(done: int, total: int) -> None:
@@ -364,7 +369,7 @@ def evaluate(
     from rag.answering import AskOptions
 
     options = AskOptions(k=k, mode=_mode(mode) if mode else None, model=model)
-    progress = Progress(TextColumn("Answering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+    progress = _progress_bar("Answering")
     task = progress.add_task("eval", total=len(questions))
     with progress:
         report = evaluation.evaluate_questions(service, questions, options, lambda done, total: progress.update(task, completed=done))
@@ -407,7 +412,7 @@ def _evaluate_beir(dataset: Path, mode: str | None, index_dir: Path | None, as_j
 
     settings = _settings(index_dir)
     modes = [_mode(mode)] if mode else list(MODES)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+    progress = _progress_bar()
     tasks: dict[str, int] = {}
 
     def update(stage: str, done: int, total: int) -> None:

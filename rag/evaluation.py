@@ -142,7 +142,7 @@ def evaluate_questions(
     gold = {qid: docs for qid, docs in gold.items() if docs}
     retrieval = {}
     if gold:
-        run = run_queries(service, {q.id: q.question for q in questions if q.id in gold}, options.mode or service.settings.retrieval.mode, RETRIEVAL_DEPTH, RETRIEVAL_DEPTH)
+        run = run_queries(service.retriever, {q.id: q.question for q in questions if q.id in gold}, options.mode or service.settings.retrieval.mode, RETRIEVAL_DEPTH, RETRIEVAL_DEPTH)
         scores = score_run(gold, run, ["recall@5", "mrr@10", "ndcg@10"])
         retrieval = {"Recall@5": scores["recall@5"], "MRR@10": scores["mrr@10"], "nDCG@10": scores["ndcg@10"]}
 

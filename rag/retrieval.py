@@ -105,7 +105,7 @@ class Retriever:
 
         rankings: list[tuple[np.ndarray, float]] = []
         if query_vector is not None:
-            _, dense_rows = search_dense(self.index.dense, query_vector, depth, self.settings.index, allowed)
+            dense_scores, dense_rows = search_dense(self.index.dense, query_vector, depth, self.settings.index, allowed)
             rankings.append((dense_rows, cfg.dense_weight))
         if bm25 is not None:
             rankings.append((_top(bm25, depth), cfg.bm25_weight))
@@ -116,7 +116,7 @@ class Retriever:
             scores = dict(fused)
         elif mode == "dense":
             ordered = rankings[0][0].tolist()
-            scores = {r: float(self.index.vectors[r] @ query_vector) for r in ordered}
+            scores = dict(zip(ordered, map(float, dense_scores)))
         else:
             ordered = rankings[0][0].tolist()
             scores = {r: float(bm25[r]) for r in ordered}

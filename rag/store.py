@@ -166,7 +166,7 @@ def write_index(index_dir: Path, data: IndexData) -> Path:
         staging.rename(index_dir / name)
         _write_text(index_dir / f".{POINTER}.tmp", name)
         os.replace(index_dir / f".{POINTER}.tmp", index_dir / POINTER)
-        _fsync_dir(index_dir)
+        _fsync_path(index_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -183,14 +183,10 @@ def _write_text(path: Path, text: str) -> None:
 
 def _fsync_tree(root: Path) -> None:
     for path in [root, *root.rglob("*")]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(path)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -70,6 +70,15 @@ def content_tokens(text: str) -> set[str]:
     return {t for t in tokenize([text])[0] if t}
 
 
+# A sentence adding fewer content words than this to the question is connective text
+# ("Here is what the documents say."), not a claim that needs a source.
+CLAIM_MIN_NEW_WORDS = 3
+
+
+def makes_claim(sentence: str, question_tokens: frozenset[str] | set[str] = frozenset()) -> bool:
+    return len(content_tokens(sentence) - question_tokens) >= CLAIM_MIN_NEW_WORDS
+
+
 class Verifier:
     def __init__(self, embedder: Embedder, settings: VerificationSettings):
         self.embedder = embedder
