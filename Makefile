@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 QUESTION ?= How many commune-level military party cells were established?
 
-.PHONY: install run test bench clean
+.PHONY: install run demo test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 run: install
+	HF_HUB_OFFLINE=1 $(BIN)/rag serve
+
+demo: install
 	$(BIN)/rag index
 	$(BIN)/rag search "$(QUESTION)" --k 3
 	$(BIN)/rag ask "$(QUESTION)"

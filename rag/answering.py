@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from rag.citations import MARKER, ParsedSentence, parse_answer
+from rag.citations import MARKER, ParsedSentence, parse_answer, strip_markers
 from rag.config import SearchMode, Settings
 from rag.embedding import Embedder
 from rag.extractive import extractive_answer, rank_sentences, trimmed_passages
@@ -19,7 +19,7 @@ from rag.generation import GenerationError, check_model, stream_completion
 from rag.prompts import answer_messages, is_decline
 from rag.retrieval import Retriever, validate_query
 from rag.schema import AnswerResponse, AnswerSentence, Citation, SearchHit
-from rag.verification import Verdict, Verifier, content_tokens, makes_claim
+from rag.verification import Verdict, Verifier, content_tokens, makes_claim, numbers_in
 
 EXTRACTIVE = "extractive"
 
@@ -55,12 +55,6 @@ class Answerer:
         self.settings = settings
         self.verifier = Verifier(embedder, settings.verification)
 
-    def answer(self, question: str, options: AskOptions | None = None) -> AnswerResponse:
-        for event in self.stream(question, options):
-            if event.response is not None:
-                return event.response
-        raise AssertionError("answer stream ended without a result")
-
     def stream(self, question: str, options: AskOptions | None = None) -> Iterator[AnswerEvent]:
         cfg = self.settings.answer
         options = options or AskOptions()
@@ -92,19 +86,11 @@ class Answerer:
         if model == EXTRACTIVE:
             text = extractive_answer(ranked, cfg.extractive_sentences, cfg.extractive_min_score)
         else:
-            messages = answer_messages(question, trimmed_passages(hits, ranked, cfg.sentences_per_passage))
-            pieces: list[str] = []
             clock = time.perf_counter()
             try:
-                for piece in stream_completion(
-                    messages,
-                    model=model,
-                    api_base=options.api_base or cfg.api_base,
-                    temperature=cfg.temperature if options.temperature is None else options.temperature,
-                    max_tokens=options.max_tokens or cfg.max_tokens,
-                    timeout_s=options.timeout_s or cfg.timeout_s,
-                    local_settings=self.settings.local_llm,
-                ):
+                pieces: list[str] = []
+                messages = answer_messages(question, trimmed_passages(hits, ranked, cfg.sentences_per_passage, cfg.prompt_sentences))
+                for piece in self._complete(messages, model, options):
                     if not pieces:
                         timings["first_token"] = _ms(started)
                     pieces.append(piece)
@@ -116,9 +102,25 @@ class Answerer:
                 notice = f"{exc}; showing an extractive answer built from the passages instead."
                 text = extractive_answer(ranked, cfg.extractive_sentences, cfg.extractive_min_score)
                 answered_by = EXTRACTIVE
+            if notice is None and is_decline(text) and cfg.second_look:
+                # A second look at each passage's single best sentence: with less text around it
+                # the small model finds some answers it declined (measured in bench/RESULTS.md).
+                # Not streamed: the short reply replaces the decline only if it is an answer.
+                focused = answer_messages(question, trimmed_passages(hits, ranked, 1, len(hits)))
+                try:
+                    again = "".join(self._complete(focused, model, options))
+                except GenerationError:
+                    again = text
+                if not is_decline(again):
+                    text = again
             timings["generate"] = _ms(clock)
             if notice is None and is_decline(text):
                 yield finish(self._abstain(question, model, hits, "The model found no answer in the passages.", draft=text))
+                return
+            if notice is None and not adds_to_question(text, question):
+                yield finish(self._abstain(
+                    question, model, hits, "The model's answer only repeats the question.", draft=text,
+                ))
                 return
         if text is None:
             yield finish(self._abstain(question, model, hits, "No sentence in the passages answers the question.", notice=notice))
@@ -136,6 +138,18 @@ class Answerer:
             ))
             return
         yield finish(response)
+
+    def _complete(self, messages: list[dict[str, str]], model: str, options: AskOptions) -> Iterator[str]:
+        cfg = self.settings.answer
+        return stream_completion(
+            messages,
+            model=model,
+            api_base=options.api_base or cfg.api_base,
+            temperature=cfg.temperature if options.temperature is None else options.temperature,
+            max_tokens=options.max_tokens or cfg.max_tokens,
+            timeout_s=options.timeout_s or cfg.timeout_s,
+            local_settings=self.settings.local_llm,
+        )
 
     def _abstain(
         self, question: str, model: str, hits: list[SearchHit], reason: str, draft: str | None = None, notice: str | None = None
@@ -251,6 +265,15 @@ def _renumber(
         return p + sum(len(new) - (end - start) for start, end, new in replacements if end <= p)
 
     return "".join(pieces), [(shift(s.start), shift(s.end)) for s in sentences]
+
+
+def adds_to_question(answer: str, question: str) -> bool:
+    """Does the answer state anything the question does not? A small model that finds no answer
+    sometimes echoes the question with a citation ("It was held on 2025 - 2030 [1]."); the
+    verifier passes such a sentence, since words taken from the question need no support."""
+    answer = strip_markers(answer)
+    # The tokenizer drops one-digit numbers, and "5 provinces" answers "how many provinces".
+    return bool(content_tokens(answer) - content_tokens(question) or numbers_in(answer) - numbers_in(question))
 
 
 def _ms(since: float) -> float:

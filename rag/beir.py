@@ -182,7 +182,7 @@ def evaluate_modes(
     k: int = 100,
     progress: Progress | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Per mode: nDCG@10 and MRR@10 of the ranking a user gets (the service's own candidate
+    """Per mode: nDCG@10, Recall@10 and MRR@10 of the ranking a user gets (the service's own candidate
     depth), and Recall@k of a search deep enough that k documents are reachable despite
     multi-passage ones. One deep search would do for both, but deeper candidate lists change
     hybrid's top ranks."""
@@ -198,8 +198,11 @@ def evaluate_modes(
         deep = head if deep_depth <= head_depth else run_queries(
             retriever, dataset.queries, mode, deep_depth, k, progress, stage="search-deep"
         )
-        scores = score_run(dataset.qrels, head, ["ndcg@10", "mrr@10"]) | score_run(dataset.qrels, deep, [f"recall@{k}"])
-        results[mode] = {"nDCG@10": scores["ndcg@10"], f"Recall@{k}": scores[f"recall@{k}"], "MRR@10": scores["mrr@10"]}
+        scores = score_run(dataset.qrels, head, ["ndcg@10", "recall@10", "mrr@10"]) | score_run(dataset.qrels, deep, [f"recall@{k}"])
+        results[mode] = {
+            "nDCG@10": scores["ndcg@10"], "Recall@10": scores["recall@10"], f"Recall@{k}": scores[f"recall@{k}"],
+            "MRR@10": scores["mrr@10"],
+        }
     return results
 
 
@@ -212,7 +215,7 @@ def evaluate_beir(
     index_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> dict[str, dict[str, float]]:
-    """{mode: {"nDCG@10", "Recall@<k>", "MRR@10"}} over the judged queries of `split`.
+    """{mode: {"nDCG@10", "Recall@10", "Recall@<k>", "MRR@10"}} over the judged queries of `split`.
 
     The index persists in `index_dir` (default: `<settings.index.dir>/beir/<dataset>`, apart
     from the live index), so a second run embeds nothing."""

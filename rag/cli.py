@@ -339,6 +339,7 @@ def evaluate(
     k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, max=50, help="Passages given to the model.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N questions.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for report.json and chart.png.")] = None,
+    split: Annotated[str, typer.Option("--split", help="With `beir`: the qrels split, qrels/SPLIT.tsv (e.g. test, dev).")] = "test",
     index_dir: IndexDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -362,7 +363,7 @@ def evaluate(
     if target == "beir":
         if beir_dir is None:
             raise BadInputError("give the BEIR dataset folder: rag eval beir DIR")
-        _evaluate_beir(beir_dir, mode, index_dir, as_json)
+        _evaluate_beir(beir_dir, mode, index_dir, as_json, split)
         return
     questions = evaluation.load_questions(Path(target))[:limit]
     service = _service(index_dir)
@@ -406,7 +407,7 @@ def _print_metrics(reports: dict[str, dict]) -> None:
     out.print(table)
 
 
-def _evaluate_beir(dataset: Path, mode: str | None, index_dir: Path | None, as_json: bool) -> None:
+def _evaluate_beir(dataset: Path, mode: str | None, index_dir: Path | None, as_json: bool, split: str = "test") -> None:
     from rag.beir import evaluate_beir
     from rag.retrieval import MODES
 
@@ -421,7 +422,7 @@ def _evaluate_beir(dataset: Path, mode: str | None, index_dir: Path | None, as_j
         progress.update(tasks[stage], completed=done, total=total)
 
     with progress:
-        results = evaluate_beir(dataset, settings, modes, progress=update)
+        results = evaluate_beir(dataset, settings, modes, split=split, progress=update)
     if as_json:
         _print_json(results if len(results) > 1 else next(iter(results.values())) | {"mode": modes[0]})
         return
@@ -429,6 +430,49 @@ def _evaluate_beir(dataset: Path, mode: str | None, index_dir: Path | None, as_j
     for name, metrics in results.items():
         table.add_row(name, *(f"{v:.4f}" for v in metrics.values()))
     out.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option("--host", help="Address to bind (default: settings, 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", min=0, max=65535, help="Port (default: settings, 7860).")] = None,
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Corpus folder: indexed at start, uploads are saved here (default: ./seeds).")] = None,
+    index_dir: IndexDirOption = None,
+) -> None:
+    """Serve the web interface and the HTTP API on one port, indexing the corpus first."""
+    settings = _settings(index_dir)
+    if corpus is not None:
+        settings.corpus_dir = corpus
+    if not settings.corpus_dir.is_dir():
+        raise BadInputError(f"no such corpus folder: {settings.corpus_dir}")
+    host = host or settings.server.host
+    port = settings.server.port if port is None else port
+    _check_can_listen(host, port)  # before minutes of loading, not after
+    from rag.service import RagService
+
+    service = RagService(settings)
+    progress, update = _embed_progress()
+    try:
+        _print_report(service.update(paths=[settings.corpus_dir], progress=update))
+    finally:
+        progress.stop()
+    import uvicorn
+
+    from ui.app import create_app
+
+    web_app = create_app(service)
+    out.print(f"Serving on [bold]http://{host}:{port}/[/] (API docs at /docs). Press Ctrl+C to stop.")
+    uvicorn.run(web_app, host=host, port=port, log_level="warning")
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        raise BadInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another --port or --host)") from None
 
 
 def _mode(mode: str) -> SearchMode:

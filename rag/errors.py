@@ -20,3 +20,11 @@ class IndexMissingError(BadInputError):
 
 class IncompatibleIndexError(BadInputError):
     """The index was built with other settings (model, chunking) or an older format."""
+
+
+class UnknownDocumentError(BadInputError):
+    """A document id that is not in the index (HTTP 404)."""
+
+
+class PayloadTooLargeError(BadInputError):
+    """An upload over the configured size limit (HTTP 413)."""

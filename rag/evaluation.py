@@ -5,10 +5,17 @@ Question set: JSON Lines with `question`, `answerable` (default true), `answers`
 short answers), `doc_ids` (gold documents) and/or `quotes` ([{doc_id, quote}], verbatim
 supporting text), optional `id`.
 
-Citation metrics follow ALCE (Gao et al. 2023) with our verifier standing in for its NLI
-model: recall = share of answer sentences supported by at least one of their citations
-(uncited claims count as unsupported); precision = share of citations that support their
-sentence."""
+Citation metrics follow ALCE (Gao et al. 2023, `compute_autoais`) with our verifier, as
+`rag check` runs it (no question given), standing in for its NLI model, applied to the whole
+retrieved passages that are cited (not the tight spans we show):
+- recall of an answer = share of its sentences entailed by the concatenation of their cited
+  passages (a sentence without citations counts as not entailed);
+- precision of an answer = share of its citations that are relevant: the sentence is
+  entailed jointly, and this passage supports it alone or is needed (the others without it
+  do not);
+- both are averaged over answers (macro), as ALCE does. One deviation: connective sentences
+  that make no claim and carry no citation ("Here is what I found.") are left out.
+The service's own per-citation verdicts are reported beside them (`service_*`)."""
 
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from rag.beir import run_queries, score_run
 from rag.errors import BadInputError
 from rag.schema import AnswerResponse
 from rag.service import RagService
-from rag.verification import fold
+from rag.verification import Verifier, fold
 
 RETRIEVAL_DEPTH = 10
 Progress = Callable[[int, int], None]
@@ -70,18 +77,30 @@ def _tokens(text: str) -> list[str]:
     return re.findall(r"\w+", fold(text))
 
 
-def token_f1(prediction: str, gold: str) -> float:
+def _overlap(prediction: str, gold: str) -> tuple[float, float]:
+    """(precision, recall) of the prediction's word tokens against the gold's, SQuAD-style."""
     pred, ref = _tokens(prediction), _tokens(gold)
     common = sum((Counter(pred) & Counter(ref)).values())
     if not common:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
+        return 0.0, 0.0
+    return common / len(pred), common / len(ref)
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    precision, recall = _overlap(prediction, gold)
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def token_recall(prediction: str, gold: str) -> float:
+    """Share of the gold answer's tokens the prediction holds: for long-form gold answers,
+    where F1 also punishes every extra word of a correct but differently worded answer."""
+    return _overlap(prediction, gold)[1]
 
 
 def contains_answer(prediction: str, answers: list[str]) -> bool:
-    folded = " ".join(_tokens(prediction))
-    return any(" ".join(_tokens(a)) in folded for a in answers if _tokens(a))
+    # Space-padded so an answer matches whole tokens only ("1954" is not in "19545").
+    folded = f" {' '.join(_tokens(prediction))} "
+    return any(f" {' '.join(_tokens(a))} " in folded for a in answers if _tokens(a))
 
 
 def quote_cited(response: AnswerResponse, quotes: list[Quote], documents: dict) -> bool:
@@ -97,6 +116,60 @@ def quote_cited(response: AnswerResponse, quotes: list[Quote], documents: dict) 
     return False
 
 
+# (sentence, cited passage texts) -> are they, concatenated, evidence for the sentence?
+Entails = Callable[[str, tuple[str, ...]], bool]
+
+
+def alce_citation_scores(sentences: list[tuple[str, tuple[str, ...]]], entails: Entails) -> tuple[float, float]:
+    """ALCE citation (recall, precision) of one answer, given each claim sentence with the
+    passages it cites."""
+    if not sentences:
+        return 0.0, 0.0
+    entailed = relevant = citations = 0
+    for text, passages in sentences:
+        citations += len(passages)
+        if not passages or not entails(text, passages):
+            continue  # not entailed: neither the sentence nor any of its citations counts
+        entailed += 1
+        if len(passages) == 1:
+            relevant += 1
+            continue
+        for i, passage in enumerate(passages):
+            # Relevant if it supports the sentence alone, or the rest cannot without it.
+            if entails(text, (passage,)) or not entails(text, passages[:i] + passages[i + 1 :]):
+                relevant += 1
+    return entailed / len(sentences), (relevant / citations if citations else 0.0)
+
+
+def verifier_entails(verifier: Verifier) -> Entails:
+    """Our verifier as the entailment judge: the sentence against its cited passages joined
+    (a two-sentence candidate span may then take one sentence from each, which is what joint
+    support means). Memoised: precision asks about the same subsets again."""
+    cache: dict[tuple[str, tuple[str, ...]], bool] = {}
+
+    def entails(text: str, passages: tuple[str, ...]) -> bool:
+        key = (text, passages)
+        if key not in cache:
+            joined = "\n\n".join(passages)
+            cache[key] = verifier.verify([(text, joined, 0, len(joined))])[0].supported
+        return cache[key]
+
+    return entails
+
+
+def cited_passages(response: AnswerResponse, documents: dict) -> list[tuple[str, tuple[str, ...]]]:
+    """Each claim sentence of an answer with the whole retrieved passages its citations point
+    into (each passage once)."""
+    by_id = {c.id: c for c in response.citations}
+    out = []
+    for sentence in response.sentences:
+        if sentence.status == "no_claim":
+            continue
+        spans = dict.fromkeys((by_id[c].doc_id, by_id[c].chunk_start, by_id[c].chunk_end) for c in sentence.citations)
+        out.append((sentence.text, tuple(documents[d].text[a:b] for d, a, b in spans)))
+    return out
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -108,12 +181,16 @@ def evaluate_questions(
     service: RagService, questions: list[EvalQuestion], options: AskOptions, progress: Progress | None = None
 ) -> dict:
     documents = service.index.documents
+    entails = verifier_entails(service.answerer.verifier)
     rows = []
     for done, q in enumerate(questions, start=1):
         response = service.ask(q.question, options)
         sentences = response.sentences
         claims = [s for s in sentences if s.status != "no_claim"]
         invalid = sum(documents[c.doc_id].text[c.start : c.end] != c.text for c in response.citations)
+        citation_recall, citation_precision = (
+            (None, None) if response.abstained else alce_citation_scores(cited_passages(response, documents), entails)
+        )
         rows.append({
             "id": q.id,
             "question": q.question,
@@ -123,21 +200,21 @@ def evaluate_questions(
             "notice": response.notice,
             "correct": (not response.abstained and contains_answer(response.answer, q.answers)) if q.answerable else response.abstained,
             "token_f1": max((token_f1(response.answer, a) for a in q.answers), default=0.0) if q.answerable and not response.abstained else 0.0,
+            "token_recall": max((token_recall(response.answer, a) for a in q.answers), default=0.0) if q.answerable and not response.abstained else 0.0,
             "quote_cited": quote_cited(response, q.quotes, documents) if q.answerable and q.quotes else None,
             "claims": len(claims),
             "supported_claims": sum(s.status in ("supported", "partly") for s in claims),
             "citations": len(response.citations),
             "supporting_citations": sum(bool(c.supported) for c in response.citations),
             "invalid_offsets": invalid,
+            "citation_recall": citation_recall,
+            "citation_precision": citation_precision,
             "first_token_ms": response.timings_ms.get("first_token"),
             "total_ms": response.timings_ms.get("total", 0.0),
         })
         if progress:
             progress(done, len(questions))
 
-    answerable = [r for r in rows if r["answerable"]]
-    unanswerable = [r for r in rows if not r["answerable"]]
-    answered = [r for r in answerable if not r["abstained"]]
     gold = {q.id: dict.fromkeys(q.doc_ids or [x.doc_id for x in q.quotes], 1) for q in questions if q.answerable}
     gold = {qid: docs for qid, docs in gold.items() if docs}
     retrieval = {}
@@ -145,22 +222,42 @@ def evaluate_questions(
         run = run_queries(service.retriever, {q.id: q.question for q in questions if q.id in gold}, options.mode or service.settings.retrieval.mode, RETRIEVAL_DEPTH, RETRIEVAL_DEPTH)
         scores = score_run(gold, run, ["recall@5", "mrr@10", "ndcg@10"])
         retrieval = {"Recall@5": scores["recall@5"], "MRR@10": scores["mrr@10"], "nDCG@10": scores["ndcg@10"]}
+    return {
+        "model": options.model or service.settings.answer.model,
+        "mode": options.mode or service.settings.retrieval.mode,
+        "questions": len(rows),
+        "answerable": sum(r["answerable"] for r in rows),
+        "unanswerable": sum(not r["answerable"] for r in rows),
+        "metrics": {"retrieval": retrieval} | summarize(rows),
+        "per_question": rows,
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Answer, citation, abstention and latency metrics from the per-question rows."""
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+    answered = [r for r in answerable if not r["abstained"]]
 
     def share(part: int, whole: int) -> float | None:
         return part / whole if whole else None
 
     with_quotes = [r for r in answerable if r["quote_cited"] is not None]
     first_tokens = [r["first_token_ms"] for r in rows if r["first_token_ms"] is not None]
-    metrics = {
-        "retrieval": retrieval,
+    return {
         "answer": {
             "accuracy": share(sum(r["correct"] for r in answerable), len(answerable)),
             "accuracy_when_answered": share(sum(r["correct"] for r in answered), len(answered)),
             "token_f1": statistics.fmean(r["token_f1"] for r in answerable) if answerable else None,
+            "token_recall": statistics.fmean(r["token_recall"] for r in answerable) if answerable else None,
         },
         "citations": {
-            "recall": share(sum(r["supported_claims"] for r in answered), sum(r["claims"] for r in answered)),
-            "precision": share(sum(r["supporting_citations"] for r in answered), sum(r["citations"] for r in answered)),
+            # ALCE, averaged over the answers given to answerable questions.
+            "recall": statistics.fmean(r["citation_recall"] for r in answered) if answered else None,
+            "precision": statistics.fmean(r["citation_precision"] for r in answered) if answered else None,
+            # The service's own verdicts (against the tight spans it cites, question known).
+            "service_supported_claims": share(sum(r["supported_claims"] for r in answered), sum(r["claims"] for r in answered)),
+            "service_supported_citations": share(sum(r["supporting_citations"] for r in answered), sum(r["citations"] for r in answered)),
             "quote_in_span": share(sum(bool(r["quote_cited"]) for r in with_quotes), len(with_quotes)),
             "invalid_offsets": sum(r["invalid_offsets"] for r in rows),
         },
@@ -176,19 +273,11 @@ def evaluate_questions(
             "total_p95": _percentile([r["total_ms"] for r in rows], 0.95),
         },
     }
-    return {
-        "model": options.model or service.settings.answer.model,
-        "mode": options.mode or service.settings.retrieval.mode,
-        "questions": len(rows),
-        "answerable": len(answerable),
-        "unanswerable": len(unanswerable),
-        "metrics": metrics,
-        "per_question": rows,
-    }
 
 
 CHART_METRICS = [
     ("answer", "accuracy", "answer accuracy"),
+    ("answer", "token_recall", "gold-answer token recall"),
     ("citations", "quote_in_span", "gold quote cited"),
     ("citations", "recall", "citation recall"),
     ("citations", "precision", "citation precision"),

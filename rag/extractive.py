@@ -41,13 +41,28 @@ def rank_sentences(question: str, hits: list[SearchHit], embedder: Embedder) -> 
     return sorted(sentences, key=lambda s: -s.score)
 
 
-def trimmed_passages(hits: list[SearchHit], ranked: list[ScoredSentence], per_passage: int) -> list[str]:
-    """Each passage cut to its `per_passage` most relevant sentences, kept in reading order."""
-    out = []
-    for i, hit in enumerate(hits):
-        best = sorted([s for s in ranked if s.passage == i][:per_passage], key=lambda s: s.span.start)
-        out.append(" … ".join(s.text for s in best) if best else hit.text)
-    return out
+def trimmed_passages(hits: list[SearchHit], ranked: list[ScoredSentence], per_passage: int, budget: int) -> list[str]:
+    """Each passage cut to its most relevant sentences, kept in reading order: every passage keeps
+    its best sentence (so the passage numbers the model sees stay those of `hits`), and the rest
+    of the `budget` goes to the best sentences overall, at most `per_passage` from one passage.
+    Fewer, better sentences make the prompt faster to read and leave a small model less to
+    confuse the answer with."""
+    chosen: dict[int, list[ScoredSentence]] = {}
+    for sentence in ranked:  # best first, so each passage's first sentence is its best
+        if sentence.passage not in chosen:
+            chosen[sentence.passage] = [sentence]
+    total = len(chosen)
+    for sentence in ranked:
+        if total >= budget:
+            break
+        group = chosen[sentence.passage]
+        if sentence not in group and len(group) < per_passage:
+            group.append(sentence)
+            total += 1
+    return [
+        " … ".join(s.text for s in sorted(chosen[i], key=lambda s: s.span.start)) if i in chosen else hit.text
+        for i, hit in enumerate(hits)
+    ]
 
 
 def extractive_answer(ranked: list[ScoredSentence], max_sentences: int, min_score: float) -> str | None:

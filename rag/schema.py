@@ -123,6 +123,8 @@ class AnswerSentence(BaseModel):
 
 class AnswerResponse(BaseModel):
     question: str
+    # The standalone question searched for, when a follow-up was rewritten using the conversation.
+    rewritten_question: str | None = None
     answer: str
     abstained: bool
     model: str

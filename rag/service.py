@@ -4,7 +4,10 @@ Models and the index load once, on first use, and the index reloads after every 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -13,8 +16,10 @@ from rag.answering import Answerer, AnswerEvent, AskOptions
 from rag.checking import Checker, CheckReport, CheckRequest
 from rag.config import SearchMode, Settings, load_settings
 from rag.embedding import Embedder, model_fingerprint
-from rag.errors import BadInputError, IncompatibleIndexError
+from rag.conversation import Turn, standalone_question
+from rag.errors import BadInputError, IncompatibleIndexError, PayloadTooLargeError, UnknownDocumentError
 from rag.indexing import EmbedProgress, IndexReport, update_index
+from rag.loading import SUPPORTED_SUFFIXES, LoadReport, load_file
 from rag.retrieval import Retriever
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
 from rag.store import IndexData, compatibility_problems, read_index
@@ -60,11 +65,28 @@ class RagService:
             self._answerer = Answerer(retriever, self.embedder, self.settings)
         return self._answerer
 
-    def ask(self, question: str, options: AskOptions | None = None) -> AnswerResponse:
-        return self.answerer.answer(question, options)
+    def ask(self, question: str, options: AskOptions | None = None, history: list[Turn] | None = None) -> AnswerResponse:
+        for event in self.ask_stream(question, options, history):
+            if event.response is not None:
+                return event.response
+        raise AssertionError("answer stream ended without a result")
 
-    def ask_stream(self, question: str, options: AskOptions | None = None) -> Iterator[AnswerEvent]:
-        return self.answerer.stream(question, options)
+    def ask_stream(
+        self, question: str, options: AskOptions | None = None, history: list[Turn] | None = None
+    ) -> Iterator[AnswerEvent]:
+        """Answer events; a follow-up (with `history`) is first rewritten into a standalone question."""
+        options = options or AskOptions()
+        model = options.model or self.settings.answer.model
+        started = time.perf_counter()
+        query = standalone_question(question, history or [], model, self.settings, options.api_base) if history else question
+        rewrite_ms = round((time.perf_counter() - started) * 1000, 1)
+        for event in self.answerer.stream(query, options):
+            if event.response is not None and query != question:
+                event.response.rewritten_question = query
+                event.response.question = question
+                event.response.timings_ms = {"rewrite": rewrite_ms, **event.response.timings_ms}
+                event.response.timings_ms["total"] += rewrite_ms
+            yield event
 
     def check(self, request: CheckRequest) -> CheckReport:
         return Checker(self.retriever, self.answerer.verifier).check(request)
@@ -113,8 +135,50 @@ class RagService:
     def document(self, doc_id: str) -> Document:
         doc = self.index.documents.get(doc_id)
         if doc is None:
-            raise BadInputError(f"unknown document: {doc_id} (see `rag docs`)")
+            raise UnknownDocumentError(f"unknown document: {doc_id} (see `rag docs`)")
         return doc
+
+    def add_document(self, filename: str, data: bytes) -> IndexReport:
+        """Save an uploaded file into the corpus folder and index it. The name may not leave
+        the folder, and the file is written (atomically) only once it has loaded as a document."""
+        name = upload_name(filename)
+        limit = self.settings.server.max_upload_bytes
+        if len(data) > limit:
+            raise PayloadTooLargeError(f"{name} is {len(data):,} bytes; the limit is {limit:,}")
+        corpus = self.settings.corpus_dir
+        corpus.mkdir(parents=True, exist_ok=True)
+        target = corpus / name
+        # Hidden name: folder indexing skips dot-files, so a half-written upload is never indexed.
+        fd, tmp_name = tempfile.mkstemp(prefix=".upload-", suffix=target.suffix, dir=corpus)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            check = LoadReport()
+            if load_file(tmp, corpus, check) is None:
+                raise BadInputError(f"cannot index {name}: {check.skipped[0][1]}")
+            existed = target.exists()
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        try:
+            return self.update(paths=[target])
+        except Exception:
+            if not existed:  # leave no file behind that the index does not know
+                target.unlink(missing_ok=True)
+            raise
+
+    def delete_document(self, doc_id: str) -> IndexReport:
+        """Drop a document from the index and, when it lives in the corpus folder, delete its
+        file too (else the next indexing of the folder would bring it back)."""
+        doc = self.document(doc_id)
+        report = self.update(remove=[doc_id])
+        path = Path(doc.path).resolve()
+        if path.is_relative_to(self.settings.corpus_dir.resolve()):
+            path.unlink(missing_ok=True)
+        return report
 
     def changed_on_disk(self) -> list[str]:
         """Indexed documents whose file changed or vanished since indexing."""
@@ -131,3 +195,14 @@ class RagService:
             ):
                 changed.append(doc.doc_id)
         return changed
+
+
+def upload_name(filename: str) -> str:
+    """A plain file name of a supported type: no folders, no `..`, no hidden files."""
+    name = filename.strip()
+    if not name or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
+        raise BadInputError(f"invalid file name '{filename}': give a plain name such as notes.md, without folders")
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES or not suffix:
+        raise BadInputError(f"unsupported file type '{suffix or name}' (use .txt, .md or .html)")
+    return name

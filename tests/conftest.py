@@ -2,8 +2,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,3 +67,55 @@ def seed_service(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -
     service = make_service(make_settings(tmp_path_factory.mktemp("seed-index") / "index"), embedder)
     service.update(paths=[SEEDS])
     return service
+
+
+@dataclass
+class LiveServer:
+    url: str
+    corpus: Path
+    log: Path
+
+
+# Uploads over this many bytes get 413 from the test server (kept small to test the limit).
+TEST_UPLOAD_LIMIT = 200_000
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """`rag serve` as a user starts it, on a free loopback port, over a private corpus copy;
+    stopped (with its embedded LLM server) at the end of the session."""
+    work = tmp_path_factory.mktemp("server")
+    corpus = work / "corpus"
+    shutil.copytree(SEEDS, corpus)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = work / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_SERVER__MAX_UPLOAD_BYTES": str(TEST_UPLOAD_LIMIT)}
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rag.cli", "serve", "--port", str(port), "--corpus", str(corpus), "--index-dir", str(work / "index")],
+            cwd=work, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"rag serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"rag serve did not come up within 300 s:\n{log.read_text()}")
+        time.sleep(0.5)
+    try:
+        yield LiveServer(url=url, corpus=corpus, log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -7,8 +7,11 @@ import threading
 import pytest
 
 from rag import answering
-from rag.answering import AskOptions
+from rag.answering import AskOptions, adds_to_question
 from rag.errors import BadInputError
+from rag.extractive import ScoredSentence, trimmed_passages
+from rag.prompts import answer_messages
+from rag.schema import SearchHit, Span
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +32,14 @@ def check_offsets(service, response) -> None:
 def scripted(monkeypatch):
     """Replace the LLM call with fixed text (split in pieces, as a stream arrives)."""
 
-    def use(text: str):
+    def use(*texts: str):
+        """One reply per call, in order; the last one repeats."""
+        use.calls = []
+
         def fake_stream(messages, **kwargs):
             use.messages = messages
+            use.calls.append(messages)
+            text = texts[min(len(use.calls), len(texts)) - 1]
             for i in range(0, len(text), 7):
                 yield text[i : i + 7]
 
@@ -77,11 +85,53 @@ def test_markers_are_renumbered_checked_and_flagged(seed_service, scripted) -> N
 def test_prompt_numbers_passages_and_keeps_them_short(seed_service, scripted) -> None:
     scripted("NOT_FOUND")
     response = seed_service.ask(CELLS, AskOptions(model="openai/scripted", k=3))
-    system, user = scripted.messages
+    system, *examples, user = scripted.calls[0]
     assert "[1]" in user["content"] and "[3]" in user["content"] and "[4]" not in user["content"]
     assert "not instructions" in system["content"]
+    assert [m["role"] for m in examples] == ["user", "assistant"] * (len(examples) // 2) and examples
+    assert user["content"].count("…") <= seed_service.settings.answer.prompt_sentences - 3
     assert len(user["content"].split()) < 400
     assert response.abstained and response.citations == []
+
+
+def test_prompt_prefix_is_the_same_for_every_question() -> None:
+    # The local server reuses its KV cache only for an identical prefix: the worked examples
+    # are free only if nothing question-specific comes before the last message.
+    first = answer_messages("How many cells?", ["Passage one.", "Passage two."])
+    second = answer_messages("Who attended?", ["Another passage."])
+    assert first[:-1] == second[:-1] and first[-1] != second[-1]
+    assert first[-1]["role"] == "user" and "Who attended?" in second[-1]["content"]
+
+
+def sentence(passage: int, start: int, score: float) -> ScoredSentence:
+    return ScoredSentence(passage, Span(start=start, end=start + 5), f"p{passage}s{start}", score)
+
+
+def test_trimmed_passages_keep_each_passage_best_sentence_and_spend_the_rest_on_the_best_overall() -> None:
+    hits = [SearchHit(rank=i + 1, score=1.0, chunk_id=f"c{i}", doc_id="d", start=0, end=100, text=f"full {i}", title="t")
+            for i in range(3)]
+    ranked = sorted([
+        sentence(0, 0, 0.9), sentence(0, 10, 0.8), sentence(0, 20, 0.7), sentence(0, 30, 0.6),
+        sentence(1, 0, 0.3), sentence(1, 10, 0.2), sentence(2, 0, 0.5),
+    ], key=lambda s: -s.score)
+    # Budget 5: the three passage bests, then 0.8 and 0.7 (passage 0 is capped at 3).
+    assert trimmed_passages(hits, ranked, per_passage=3, budget=5) == ["p0s0 … p0s10 … p0s20", "p1s0", "p2s0"]
+    # The cap moves the budget to the next best sentence of another passage, in reading order.
+    assert trimmed_passages(hits, ranked, per_passage=2, budget=5) == ["p0s0 … p0s10", "p1s0 … p1s10", "p2s0"]
+    # A passage without sentences is given whole.
+    assert trimmed_passages(hits, [s for s in ranked if s.passage != 2], 3, 4)[2] == "full 2"
+
+
+def test_answer_that_only_repeats_the_question_is_withheld(seed_service, scripted) -> None:
+    scripted("Military Region 2 established commune-level military party cells [1].")
+    response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
+    assert response.abstained and "only repeats the question" in response.notice
+
+
+def test_a_bare_number_or_name_adds_to_the_question() -> None:
+    assert adds_to_question("5 provinces [1].", "How many other provinces were present?")
+    assert adds_to_question("Colonel Mai Kim Binh [2].", "Who attended the conference?")
+    assert not adds_to_question("It was held on 2025 - 2030 [1].", "When was the Congress for the 2025 - 2030 term held?")
 
 
 def test_unsupported_answer_is_withheld(seed_service, scripted) -> None:
@@ -138,3 +188,26 @@ def test_wrong_or_missing_citations_are_pointed_at_the_passage_that_states_the_c
     assert response.answer.endswith("reorganized [2].")
     assert [s.status for s in response.sentences] == ["supported", "supported"]
     check_offsets(seed_service, response)
+
+
+def test_a_decline_gets_a_second_look_at_each_passage_best_sentence(seed_service, scripted) -> None:
+    passages = seed_service.search(CELLS, k=4).results
+    cells = next(i for i, p in enumerate(passages, start=1) if "529" in p.text)
+    scripted("NOT_FOUND", f"The Party Committee established 529 commune-level military party cells [{cells}].")
+    response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
+    first, second = (call[-1]["content"] for call in scripted.calls)
+    assert "…" in first and "…" not in second and len(second) < len(first)
+    assert not response.abstained and "529" in response.answer and response.citations[0].supported
+
+
+def test_a_second_decline_abstains_and_the_second_look_can_be_turned_off(seed_service, scripted) -> None:
+    scripted("NOT_FOUND")
+    response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
+    assert response.abstained and len(scripted.calls) == 2
+    seed_service.settings.answer.second_look = False
+    try:
+        scripted("NOT_FOUND", "The Party Committee established 529 commune-level military party cells [1].")
+        response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
+    finally:
+        seed_service.settings.answer.second_look = True
+    assert response.abstained and len(scripted.calls) == 1

@@ -156,3 +156,18 @@ def test_ask_bad_input_exits_2(workdir, args, message) -> None:
     result = rag(*args, cwd=workdir)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_refuses_a_busy_port_or_missing_corpus_with_one_line(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = rag("serve", "--port", port, "--corpus", str(SEEDS), "--index-dir", str(tmp_path / "index"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot listen on 127.0.0.1:") and "Traceback" not in result.stderr
+    assert not (tmp_path / "index").exists()
+    result = rag("serve", "--corpus", str(tmp_path / "missing"), cwd=tmp_path)
+    assert result.returncode == 2 and "no such corpus folder" in result.stderr

@@ -1,0 +1,116 @@
+"""The web interface in a real browser: Debian's chromium driven by Playwright against a real
+`rag serve` with the embedded model. Set RAG_SCREENSHOT=path to keep a screenshot of the
+answered question (the README's picture is made this way)."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+QUESTION = "How many commune-level military party cells were established?"
+
+
+@pytest.fixture(scope="module")
+def page(live_server):
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: apt-get install chromium (.ci/run does this)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 950})
+        page.set_default_timeout(30_000)
+        page.goto(live_server.url + "/", wait_until="load")
+        page.wait_for_selector("#question textarea")
+        yield page
+        browser.close()
+
+
+def test_ask_streams_a_cited_answer_and_a_citation_opens_its_highlighted_span(page) -> None:
+    page.locator("#question textarea").fill(QUESTION)
+    page.locator("#ask-button").click()
+    answer = page.locator('#chat [data-testid="bot"]').last
+    # Watch the answer grow while the embedded model writes it, until the verified answer
+    # (with citation links) replaces the draft.
+    drafts: set[str] = set()
+    deadline = time.monotonic() + 300
+    while page.locator("#chat a.cite").count() == 0:
+        if answer.count():
+            drafts.add(answer.inner_text())
+        assert time.monotonic() < deadline, "no cited answer within 300 s"
+        time.sleep(0.1)
+    assert len({d for d in drafts if d.strip() not in ("", "…")}) >= 3, f"answer did not stream: {drafts}"
+    assert "529" in answer.inner_text()
+
+    marker = page.locator("#chat a.cite").first
+    card_id = marker.get_attribute("href").split("#")[1]
+    marker.click()
+    card = page.locator(f"#{card_id}")
+    page.wait_for_function(f"document.getElementById('{card_id}').classList.contains('active')")
+    assert card.is_visible()
+    assert "529 commune-level military party cells" in card.locator("mark").inner_text()
+    assert "Supported" in card.locator(".verdict").inner_text()
+    if os.environ.get("RAG_SCREENSHOT"):
+        page.screenshot(path=os.environ["RAG_SCREENSHOT"])
+
+    with page.context.expect_page() as opened:
+        card.get_by_text("Open document").click()
+    document = opened.value
+    document.wait_for_load_state()
+    assert "529 commune-level military party cells" in document.locator("mark#span").inner_text()
+    document.close()
+
+
+def test_a_question_the_documents_cannot_answer_shows_not_found(page) -> None:
+    page.locator("#settings").click()
+    page.locator("#model input").fill("extractive")
+    page.keyboard.press("Enter")
+    page.locator("#question textarea").fill("What is the boiling point of liquid nitrogen on Mars?")
+    page.locator("#ask-button").click()
+    page.wait_for_selector("#sources .abstained")
+    assert "Not found in the documents" in page.locator('#chat [data-testid="bot"]').last.inner_text()
+
+
+def test_upload_a_document_then_find_it_by_search(page, live_server, tmp_path) -> None:
+    note = tmp_path / "orchard-report.md"
+    note.write_text("# Orchard report\n\nThe Kestrel Valley orchard harvested 4,210 crates of quince in the 2026 season.\n")
+    page.get_by_role("tab", name="Documents").click()
+    page.locator("#upload input[type=file]").set_input_files(str(note))
+    page.locator("#add-button").click()
+    page.wait_for_selector("#documents-status :text('orchard-report.md')")
+    assert "added" in page.locator("#documents-status").inner_text()
+    assert page.locator("#documents-table").get_by_text("orchard-report.md").count() >= 1
+    assert (live_server.corpus / "orchard-report.md").exists()
+
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#search-query textarea").fill("How many crates of quince did the orchard harvest?")
+    page.locator("#search-button").click()
+    first = page.locator("#search-results .source-card").first
+    first.wait_for()
+    assert "orchard-report.md" in first.inner_text() and "4,210 crates" in first.inner_text()
+
+    page.get_by_role("tab", name="Documents").click()
+    page.locator("#remove-choice input").fill("orchard-report.md")
+    page.get_by_role("option", name="orchard-report.md").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#remove-button").click()
+    page.wait_for_selector("#documents-status :text('Removed')")
+    assert page.locator("#documents-table").get_by_text("orchard-report.md").count() == 0
+    assert not (live_server.corpus / "orchard-report.md").exists()
+
+
+def test_narrow_screen_puts_sources_below_the_answer(page) -> None:
+    page.get_by_role("tab", name="Ask").click()
+    page.set_viewport_size({"width": 420, "height": 900})
+    try:
+        chat, sources = page.locator("#chat").bounding_box(), page.locator("#sources").bounding_box()
+        assert sources["y"] > chat["y"] + chat["height"] and sources["width"] > 300
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 950})

@@ -1,0 +1,210 @@
+"""The web interface and the server around it: `create_app` returns one FastAPI app with the
+HTTP API, a whole-document page, and the Gradio interface mounted at `/`. The interface is a
+thin caller of RagService, the same object the API and the CLI use."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline service
+
+import gradio as gr
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from rag.answering import EXTRACTIVE, AskOptions
+from rag.api import create_api
+from rag.conversation import Turn
+from rag.errors import RagError
+from rag.schema import AnswerResponse
+from rag.service import RagService
+from ui.render import answer_markdown, document_page, reading_html, search_html, sources_html
+
+ASSETS = Path(__file__).parent / "assets"
+MODES = [("Hybrid (meaning + keywords)", "hybrid"), ("Meaning only (dense)", "dense"), ("Keywords only (BM25)", "bm25")]
+
+
+def create_app(service: RagService) -> FastAPI:
+    app = create_api(service)
+
+    @app.get("/view/{doc_id:path}", response_class=HTMLResponse, include_in_schema=False)
+    def view_document(doc_id: str, start: int | None = None, end: int | None = None) -> str:
+        return document_page(service.document(doc_id), start, end)
+
+    return gr.mount_gradio_app(
+        app, build_interface(service), path="/",
+        theme=_theme(), css_paths=[ASSETS / "style.css"], head=(ASSETS / "head.html").read_text(encoding="utf-8"),
+        max_file_size=service.settings.server.max_upload_bytes, footer_links=["api"],
+    )
+
+
+def _theme() -> gr.themes.Base:
+    # System fonts only: the service runs offline, so nothing may be fetched from a font CDN.
+    return gr.themes.Soft(
+        primary_hue="indigo", neutral_hue="slate",
+        font=["Inter", "system-ui", "-apple-system", "Segoe UI", "sans-serif"],
+        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
+    )
+
+
+def build_interface(service: RagService) -> gr.Blocks:
+    settings = service.settings
+    default_model = settings.answer.model
+
+    with gr.Blocks(title="Cited answers", fill_width=True) as interface:
+        gr.HTML(
+            '<div class="app-header"><h1>Cited answers</h1>'
+            "<p>Ask your documents. Every claim cites its passage, and every citation is checked against it.</p></div>"
+        )
+        with gr.Tabs():
+            with gr.Tab("Ask", id="ask"):
+                with gr.Row(equal_height=False, elem_classes="ask-row"):
+                    with gr.Column(scale=3, min_width=340):
+                        chat = gr.Chatbot(
+                            show_label=False, elem_id="chat", height="62vh", layout="panel",
+                            placeholder="Ask a question about your documents. Answers stream in with numbered citations; click one to see its source.",
+                            buttons=["copy"], feedback_options=None,
+                        )
+                        with gr.Row(elem_classes="ask-bar"):
+                            question = gr.Textbox(
+                                show_label=False, placeholder="Ask a question…", elem_id="question", scale=6,
+                                max_lines=4, autofocus=True, submit_btn=False,
+                            )
+                            ask = gr.Button("Ask", variant="primary", elem_id="ask-button", scale=1, min_width=80)
+                        new_chat = gr.Button("New conversation", size="sm", variant="secondary")
+                        with gr.Accordion("Settings", open=False, elem_id="settings"):
+                            k = gr.Slider(1, 10, value=settings.answer.k, step=1, label="Passages given to the model", elem_id="k")
+                            mode = gr.Radio(MODES, value=settings.retrieval.mode, label="Search mode", elem_id="mode")
+                            doc_filter = gr.Dropdown(
+                                choices=_doc_ids(service), multiselect=True, value=[], label="Only these documents", elem_id="doc-filter",
+                                info="Empty: all documents.",
+                            )
+                            model = gr.Dropdown(
+                                choices=list(dict.fromkeys([default_model, EXTRACTIVE])), value=default_model,
+                                allow_custom_value=True, label="Model", elem_id="model",
+                                info="The embedded model needs no key; `extractive` quotes the passages without an LLM; any litellm model string works (e.g. openai/gpt-4o-mini).",
+                            )
+                    with gr.Column(scale=2, min_width=320):
+                        gr.Markdown("### Sources")
+                        sources = gr.HTML(sources_html([]), elem_id="sources")
+                answers = gr.State([])  # AnswerResponse per turn, for follow-ups and the sources panel
+
+            with gr.Tab("Search", id="search"):
+                with gr.Row(elem_classes="ask-bar"):
+                    search_query = gr.Textbox(show_label=False, placeholder="Search the passages…", elem_id="search-query", scale=6)
+                    search_button = gr.Button("Search", variant="primary", elem_id="search-button", scale=1, min_width=80)
+                with gr.Row():
+                    search_k = gr.Slider(1, 50, value=settings.retrieval.k, step=1, label="Passages")
+                    search_mode = gr.Radio(MODES, value=settings.retrieval.mode, label="Search mode", elem_id="mode")
+                search_results = gr.HTML(elem_id="search-results")
+
+            with gr.Tab("Documents", id="documents"):
+                documents = gr.Dataframe(
+                    value=_documents_table(service), headers=["Document", "Title", "Passages", "Duplicate passages", "Characters"],
+                    interactive=False, wrap=True, elem_id="documents-table",
+                )
+                with gr.Row(equal_height=False):
+                    with gr.Column():
+                        upload = gr.File(
+                            label="Add documents (.txt, .md, .html)", file_count="multiple",
+                            file_types=[".txt", ".md", ".markdown", ".html", ".htm"], elem_id="upload",
+                        )
+                        add = gr.Button("Add to index", variant="primary", elem_id="add-button")
+                    with gr.Column():
+                        to_remove = gr.Dropdown(choices=_doc_ids(service), value=None, label="Remove a document", elem_id="remove-choice")
+                        remove = gr.Button("Remove from index", variant="stop", elem_id="remove-button")
+                documents_status = gr.Markdown(elem_id="documents-status")
+
+        def answer(
+            text: str, messages: list[dict], turns: list[AnswerResponse], k_value: float, mode_value: str,
+            doc_ids: list[str], model_value: str,
+        ) -> Iterator[tuple[Any, ...]]:
+            text = (text or "").strip()
+            if not text:
+                yield messages, turns, gr.skip(), gr.skip()
+                return
+            messages = [*messages, {"role": "user", "content": text}, {"role": "assistant", "content": "…"}]
+            yield messages, turns, gr.skip(), ""
+            options = AskOptions(k=int(k_value), mode=mode_value, doc_ids=doc_ids or None, model=(model_value or "").strip() or None)
+            history = [Turn(question=t.question, answer=t.answer) for t in turns if not t.abstained]
+            written = ""
+            try:
+                for event in service.ask_stream(text, options, history):
+                    if event.kind == "passages":
+                        yield messages, turns, reading_html(event.passages or []), gr.skip()
+                    elif event.kind == "token":
+                        written += event.text
+                        messages[-1] = {"role": "assistant", "content": written}
+                        yield messages, turns, gr.skip(), gr.skip()
+                    elif event.response is not None:
+                        turns = [*turns, event.response]
+                        messages[-1] = {"role": "assistant", "content": answer_markdown(event.response, len(turns))}
+                        yield messages, turns, sources_html(turns), gr.skip()
+            except RagError as exc:
+                messages[-1] = {"role": "assistant", "content": f"⚠️ {exc}"}
+                yield messages, turns, sources_html(turns), gr.skip()
+
+        answer_inputs = [question, chat, answers, k, mode, doc_filter, model]
+        answer_outputs = [chat, answers, sources, question]
+        for trigger in (ask.click, question.submit):
+            trigger(answer, answer_inputs, answer_outputs, concurrency_limit=settings.server.ui_answer_concurrency, concurrency_id="answer")
+        new_chat.click(lambda: ([], [], sources_html([])), None, [chat, answers, sources], queue=False)
+
+        def search(text: str, k_value: float, mode_value: str) -> str:
+            try:
+                return search_html(service.search(text, k=int(k_value), mode=mode_value).results)
+            except RagError as exc:
+                return f'<div class="error">⚠️ {exc}</div>'
+
+        for trigger in (search_button.click, search_query.submit):
+            trigger(search, [search_query, search_k, search_mode], search_results, concurrency_limit=8, concurrency_id="search")
+
+        def document_views(message: str) -> tuple[Any, ...]:
+            ids = _doc_ids(service)
+            return (
+                _documents_table(service), gr.update(choices=ids, value=None), gr.update(choices=ids),
+                message, None,
+            )
+
+        def add_files(files: list[str] | None) -> tuple[Any, ...]:
+            if not files:
+                return document_views("Choose one or more files first.")
+            lines = []
+            for file in files:
+                name = Path(file).name
+                try:
+                    report = service.add_document(name, Path(file).read_bytes())
+                    state = "added" if report.added else "updated" if report.updated else "unchanged"
+                    lines.append(f"✓ **{name}** {state} ({report.documents} documents, {report.canonical_chunks} passages in the index)")
+                except RagError as exc:
+                    lines.append(f"⚠️ **{name}**: {exc}")
+            return document_views("\n\n".join(lines))
+
+        def remove_document(doc_id: str | None) -> tuple[Any, ...]:
+            if not doc_id:
+                return document_views("Choose a document to remove.")
+            try:
+                service.delete_document(doc_id)
+                return document_views(f"✓ Removed **{doc_id}** from the index and the corpus folder.")
+            except RagError as exc:
+                return document_views(f"⚠️ {exc}")
+
+        views = [documents, to_remove, doc_filter, documents_status, upload]
+        add.click(add_files, upload, views, concurrency_id="index", concurrency_limit=1)
+        # Removing deletes the file from the corpus folder: ask first, in the browser.
+        remove.click(
+            remove_document, to_remove, views, concurrency_id="index", concurrency_limit=1,
+            js="(doc) => doc && confirm(`Remove ${doc} from the index and delete its file from the corpus folder?`) ? doc : null",
+        )
+    return interface
+
+
+def _doc_ids(service: RagService) -> list[str]:
+    return [info.doc_id for info in service.documents()]
+
+
+def _documents_table(service: RagService) -> list[list[Any]]:
+    return [[d.doc_id, d.title, d.chunks, d.duplicate_chunks, d.chars] for d in service.documents()]

@@ -1,0 +1,151 @@
+"""HTML for the interface: answers with clickable citation markers, source cards with the
+supporting span highlighted, search results, and the whole-document page. Document text is
+always escaped: a document is data and must never become markup."""
+
+from __future__ import annotations
+
+import html
+import re
+from urllib.parse import quote, urlencode
+
+from rag.citations import MARKER
+from rag.schema import AnswerResponse, Citation, Document, SearchHit
+
+VERDICT = {True: ("supported", "✓ Supported"), False: ("unsupported", "✗ Not supported"), None: ("unchecked", "Not checked")}
+STATUS_NOTE = {
+    "unsupported": "not supported by its citations",
+    "uncited": "makes a claim without a citation",
+    "partly": "only partly supported by its citations",
+}
+
+
+def viewer_url(doc_id: str, start: int | None = None, end: int | None = None) -> str:
+    """The whole-document page scrolled to a span, as an HTML-escaped href."""
+    query = f"?{urlencode({'start': start, 'end': end})}" if start is not None and end is not None else ""
+    return html.escape(f"view/{quote(doc_id)}{query}#span")
+
+
+def answer_markdown(response: AnswerResponse, turn: int) -> str:
+    """The chat message: markers become links to their source cards (ids unique per turn)."""
+    if response.abstained:
+        note = f"\n\n<small>{html.escape(response.notice)}</small>" if response.notice else ""
+        return f"**Not found in the documents.** The passages do not answer this question, so there is no answer to cite.{note}"
+    text = MARKER.sub(lambda m: _marker_links(m.group(0), turn), response.answer)
+    lines = [text]
+    flagged = [s for s in response.sentences if s.status in STATUS_NOTE]
+    for sentence in flagged:
+        lines.append(f"⚠️ <small>“{html.escape(_shorten(sentence.text, 80))}” {STATUS_NOTE[sentence.status]}.</small>")
+    if response.rewritten_question:
+        lines.append(f"<small>Searched for: {html.escape(response.rewritten_question)}</small>")
+    if response.notice:
+        lines.append(f"<small>{html.escape(response.notice)}</small>")
+    return "\n\n".join(lines)
+
+
+def _marker_links(marker: str, turn: int) -> str:
+    return "".join(f'<a class="cite" href="#cite-{turn}-{n}">[{n}]</a>' for n in re.findall(r"\d+", marker))
+
+
+def sources_html(turns: list[AnswerResponse]) -> str:
+    """Every answer's sources, newest first and open; older ones folded away."""
+    if not turns:
+        return '<div class="sources-empty">Sources appear here: each citation with its passage, the supporting span highlighted, and whether it holds up.</div>'
+    sections = []
+    for turn in range(len(turns), 0, -1):
+        body = _answer_sources(turns[turn - 1], turn)
+        if turn == len(turns):
+            sections.append(f'<section class="sources-turn">{body}</section>')
+        else:
+            question = html.escape(_shorten(turns[turn - 1].question, 70))
+            sections.append(f'<details class="sources-turn"><summary>Sources for “{question}”</summary>{body}</details>')
+    return "".join(sections)
+
+
+def _answer_sources(response: AnswerResponse, turn: int) -> str:
+    if response.abstained:
+        closest = "".join(_passage_card(hit) for hit in response.passages[:3])
+        more = f'<details><summary>Closest passages (none answers the question)</summary>{closest}</details>' if closest else ""
+        return f'<div class="abstained"><strong>Not found in the documents</strong><p>{html.escape(response.notice or "")}</p></div>{more}'
+    cards = "".join(_citation_card(c, response, turn) for c in response.citations)
+    return cards or '<div class="sources-empty">This answer carries no citations.</div>'
+
+
+def _citation_card(citation: Citation, response: AnswerResponse, turn: int) -> str:
+    css, label = VERDICT[citation.supported]
+    passage = next((p for p in response.passages if p.chunk_id == citation.chunk_id), None)
+    score = f" · score {citation.score:.2f}" if citation.score is not None else ""
+    origin = f'<div class="origin">{html.escape(citation.reason)}</div>' if citation.origin != "model" and citation.reason else ""
+    if passage is not None and passage.start <= citation.start and citation.end <= passage.end:
+        before = passage.text[: citation.start - passage.start]
+        after = passage.text[citation.end - passage.start :]
+        body = f"{html.escape(before)}<mark>{html.escape(citation.text)}</mark>{html.escape(after)}"
+    else:
+        body = f"<mark>{html.escape(citation.text)}</mark>"
+    return (
+        f'<article class="source-card {css}" id="cite-{turn}-{citation.id}">'
+        f'<header><span class="cite-num">[{citation.id}]</span><span class="source-title">{html.escape(citation.title)}</span>'
+        f'<span class="verdict {css}">{label}</span></header>'
+        f'<div class="passage">{body}</div>{origin}'
+        f'<footer><span>{html.escape(citation.doc_id)} · characters {citation.start}–{citation.end}{score}</span>'
+        f'<a href="{viewer_url(citation.doc_id, citation.start, citation.end)}" target="_blank" rel="noopener">Open document ↗</a></footer>'
+        "</article>"
+    )
+
+
+def _passage_card(hit: SearchHit, scores: bool = False) -> str:
+    detail = ""
+    if scores:
+        parts = [f"fused {hit.score:.4f}"]
+        if hit.dense_score is not None:
+            parts.append(f"dense {hit.dense_score:.3f}")
+        if hit.bm25_score is not None:
+            parts.append(f"BM25 {hit.bm25_score:.2f}")
+        detail = " · " + " · ".join(parts)
+    also = f" · also in {html.escape(', '.join(sorted({a.doc_id for a in hit.also_in})))}" if hit.also_in else ""
+    return (
+        f'<article class="source-card passage-card"><header><span class="cite-num">{hit.rank}.</span>'
+        f'<span class="source-title">{html.escape(hit.title)}</span></header>'
+        f'<div class="passage">{html.escape(hit.text)}</div>'
+        f'<footer><span>{html.escape(hit.doc_id)} · characters {hit.start}–{hit.end}{detail}{also}</span>'
+        f'<a href="{viewer_url(hit.doc_id, hit.start, hit.end)}" target="_blank" rel="noopener">Open document ↗</a></footer></article>'
+    )
+
+
+def search_html(hits: list[SearchHit]) -> str:
+    if not hits:
+        return '<div class="sources-empty">No passages found.</div>'
+    return "".join(_passage_card(hit, scores=True) for hit in hits)
+
+
+def reading_html(hits: list[SearchHit]) -> str:
+    """While the answer is being written: the passages it is written from."""
+    items = "".join(f"<li>{html.escape(h.title)} <small>({html.escape(h.doc_id)})</small></li>" for h in hits)
+    return f'<div class="reading"><strong>Reading {len(hits)} passages…</strong><ol>{items}</ol></div>'
+
+
+def document_page(doc: Document, start: int | None, end: int | None) -> str:
+    """A whole document with one span highlighted, scrolled into view on load."""
+    text = doc.text
+    if start is not None and end is not None and 0 <= start <= end <= len(text):
+        body = f'{html.escape(text[:start])}<mark id="span">{html.escape(text[start:end])}</mark>{html.escape(text[end:])}'
+    else:
+        body = f'<span id="span"></span>{html.escape(text)}'
+    source = f'<p class="meta"><a href="{html.escape(doc.source_url)}" rel="noopener">{html.escape(doc.source_url)}</a></p>' if doc.source_url else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(doc.display_title)}</title>
+<style>
+body {{ font: 17px/1.6 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; color: #1f2933; }}
+h1 {{ font-size: 1.5rem; line-height: 1.3; }} .meta {{ color: #52606d; font-size: .9rem; }}
+.text {{ white-space: pre-wrap; overflow-wrap: anywhere; }}
+mark {{ background: #ffe58a; padding: .1em 0; border-radius: 2px; box-shadow: 0 0 0 2px #ffe58a; }}
+</style></head><body>
+<h1>{html.escape(doc.display_title)}</h1><p class="meta">{html.escape(doc.doc_id)}</p>{source}
+<div class="text">{body}</div>
+<script>document.getElementById("span").scrollIntoView({{block: "center"}});</script>
+</body></html>"""
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
