@@ -23,8 +23,9 @@ from rag.checking import CheckReport, CheckRequest
 from rag.config import SearchMode
 from rag.conversation import Turn
 from rag.errors import BadInputError, IndexMissingError, PayloadTooLargeError, RagError, UnknownDocumentError
+from rag.indexing import IndexReport
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
-from rag.service import RagService
+from rag.service import RagService, upload_name
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,8 @@ def router(service: RagService) -> APIRouter:
     def upload_document(file: Annotated[UploadFile, File(description="A .txt, .md or .html file")]) -> IndexChange:
         limit = service.settings.server.max_upload_bytes
         data = file.file.read(limit + 1)  # never more than the limit in memory
-        report = service.add_document(file.filename or "", data)
-        return _change(service, (report.added or report.updated or [file.filename or ""])[0], report)
+        name = upload_name(file.filename or "")
+        return _change(name, service.add_document(name, data))
 
     @api.get("/documents/{doc_id:path}")
     def get_document(doc_id: str) -> Document:
@@ -156,7 +157,7 @@ def router(service: RagService) -> APIRouter:
 
     @api.delete("/documents/{doc_id:path}")
     def delete_document(doc_id: str) -> IndexChange:
-        return _change(service, doc_id, service.delete_document(doc_id))
+        return _change(doc_id, service.delete_document(doc_id))
 
     return api
 
@@ -182,7 +183,7 @@ def _sse(events: Iterator[AnswerEvent]) -> Iterator[bytes]:
         yield encode("error", {"detail": f"unexpected {type(exc).__name__}: {exc}", "status": 500})
 
 
-def _change(service: RagService, doc_id: str, report) -> IndexChange:
+def _change(doc_id: str, report: IndexReport) -> IndexChange:
     return IndexChange(
         doc_id=doc_id, added=report.added, updated=report.updated, removed=report.removed,
         documents=report.documents, passages=report.canonical_chunks,

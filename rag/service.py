@@ -78,7 +78,7 @@ class RagService:
         options = options or AskOptions()
         model = options.model or self.settings.answer.model
         started = time.perf_counter()
-        query = standalone_question(question, history or [], model, self.settings, options.api_base) if history else question
+        query = standalone_question(question, history or [], model, self.settings, options.api_base)
         rewrite_ms = round((time.perf_counter() - started) * 1000, 1)
         for event in self.answerer.stream(query, options):
             if event.response is not None and query != question:
