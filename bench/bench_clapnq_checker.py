@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from run_all import BENCH_DIR, BENCHMARKS_DIR, markdown_table, rich_table, write_section
+from run_all import BENCH_DIR, BENCHMARKS_DIR, markdown_table, rich_table, save_figure, write_section
 
 from rag.config import Settings
 from rag.embedding import Embedder
@@ -147,11 +147,7 @@ def write_plot(curves: dict[str, dict[str, list[dict]]], chosen: dict[str, float
         ax.set_xlabel("threshold")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=8, loc="lower left")
-    fig.suptitle("ClapNQ checker calibration, held-out half: 'supported' precision / recall vs threshold")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, "ClapNQ checker calibration, held-out half: 'supported' precision / recall vs threshold", path)
 
 
 def calibrate() -> dict:

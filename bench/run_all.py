@@ -86,6 +86,17 @@ def rich_table(title: str, headers: list[str], rows: list[list[object]]):
     return table
 
 
+def save_figure(fig, title: str, path: Path) -> None:
+    """Title, lay out and write a matplotlib figure, then free it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_section(name: str, title: str, body: str) -> None:
     """Replace (or append) this benchmark's section of RESULTS.md, dated and with machine facts."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

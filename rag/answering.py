@@ -14,16 +14,20 @@ from dataclasses import dataclass
 from rag.citations import MARKER, ParsedSentence, parse_answer, strip_markers
 from rag.config import SearchMode, Settings
 from rag.embedding import Embedder
-from rag.extractive import extractive_answer, rank_sentences, trimmed_passages
+from rag.extractive import ScoredSentence, extractive_answer, rank_sentences, trimmed_passages
 from rag.generation import GenerationError, check_model, stream_completion
-from rag.prompts import answer_messages, is_decline
+from rag.local_llm import is_local_model
+from rag.prompts import DECLINE_TOKENS, NOT_FOUND, YES_TOKENS, answer_messages, is_decline, is_yes, judge_messages
 from rag.retrieval import Retriever, validate_query
 from rag.schema import AnswerResponse, AnswerSentence, Citation, SearchHit
-from rag.verification import Verdict, Verifier, content_tokens, makes_claim, numbers_in
+from rag.verification import Verdict, Verifier, content_tokens, makes_claim, names_not_in, numbers_in
 
 EXTRACTIVE = "extractive"
 
 NOT_FOUND_ANSWER = "The documents do not contain an answer to this question."
+
+# A logit bias that rules a token out (llama.cpp treats -100 and below as a ban).
+BANNED = -100.0
 
 
 @dataclass
@@ -73,8 +77,7 @@ class Answerer:
             response.timings_ms = {**timings, "total": _ms(started)}
             return AnswerEvent("answer", response=response)
 
-        best = max((h.dense_score or 0.0 for h in hits), default=0.0)
-        if not hits or best < cfg.min_retrieval_score:
+        if not self.retrieval_is_relevant(hits):
             yield finish(self._abstain(question, model, hits, "No passage in the documents is close enough to the question."))
             return
 
@@ -88,14 +91,18 @@ class Answerer:
         else:
             clock = time.perf_counter()
             try:
-                pieces: list[str] = []
-                messages = answer_messages(question, trimmed_passages(hits, ranked, cfg.sentences_per_passage, cfg.prompt_sentences))
-                for piece in self._complete(messages, model, options):
-                    if not pieces:
+                text, shown = "", 0
+                # A negative bias on the decline token makes a small model decline only when that is
+                # clearly likelier than any answer (bench/bench_declines.py calibrates it).
+                prompt = self.answer_prompt(question, hits, ranked)
+                for piece in self._complete(prompt, model, options, (DECLINE_TOKENS, cfg.decline_bias)):
+                    if not text:
                         timings["first_token"] = _ms(started)
-                    pieces.append(piece)
-                    yield AnswerEvent("token", text=piece)
-                text = "".join(pieces)
+                    text += piece
+                    # Held back while it may still be the decline sentinel, which is never shown.
+                    if not NOT_FOUND.startswith(text.strip()):
+                        yield AnswerEvent("token", text=text[shown:])
+                        shown = len(text)
             except GenerationError as exc:
                 if not cfg.fallback_to_extractive:
                     raise
@@ -103,16 +110,7 @@ class Answerer:
                 text = extractive_answer(ranked, cfg.extractive_sentences, cfg.extractive_min_score)
                 answered_by = EXTRACTIVE
             if notice is None and is_decline(text) and cfg.second_look:
-                # A second look at each passage's single best sentence: with less text around it
-                # the small model finds some answers it declined (measured in bench/RESULTS.md).
-                # Not streamed: the short reply replaces the decline only if it is an answer.
-                focused = answer_messages(question, trimmed_passages(hits, ranked, 1, len(hits)))
-                try:
-                    again = "".join(self._complete(focused, model, options))
-                except GenerationError:
-                    again = text
-                if not is_decline(again):
-                    text = again
+                text = self._second_look(question, hits, ranked, model, options) or text
             timings["generate"] = _ms(clock)
             if notice is None and is_decline(text):
                 yield finish(self._abstain(question, model, hits, "The model found no answer in the passages.", draft=text))
@@ -137,18 +135,84 @@ class Answerer:
                 draft=text,
             ))
             return
+        documents = self.retriever.index.documents
+        sources = {c.doc_id for c in response.citations if c.supported}
+        unnamed = names_not_in(question, [documents[doc_id].text for doc_id in sorted(sources)])
+        if unnamed:
+            yield finish(self._abstain(
+                question, model, hits,
+                f"The documents this answer comes from never mention {unnamed[0]}, which the question asks about.",
+                draft=text, notice=notice,
+            ))
+            return
         yield finish(response)
 
-    def _complete(self, messages: list[dict[str, str]], model: str, options: AskOptions) -> Iterator[str]:
+    def retrieval_is_relevant(self, hits: list[SearchHit]) -> bool:
+        best = max((h.dense_score or 0.0 for h in hits), default=0.0)
+        return bool(hits) and best >= self.settings.answer.min_retrieval_score
+
+    def answer_prompt(self, question: str, hits: list[SearchHit], ranked: list[ScoredSentence] | None = None) -> list[dict[str, str]]:
+        """The messages an LLM answers from: the passages trimmed to their sentences most relevant
+        to the question."""
         cfg = self.settings.answer
+        ranked = rank_sentences(question, hits, self.embedder) if ranked is None else ranked
+        return answer_messages(question, trimmed_passages(hits, ranked, cfg.sentences_per_passage, cfg.prompt_sentences))
+
+    def draw_answer(
+        self, question: str, hits: list[SearchHit], ranked: list[ScoredSentence], model: str, options: AskOptions
+    ) -> tuple[str, str] | None:
+        """After a decline, an answer drawn out of the model anyway, with the passage sentences that
+        support it; None if it declines again or no citation of the draft holds. A `local/` model
+        answers the same prompt (still in its cache) with the decline token banned; other models
+        get each passage cut to its best sentence."""
+        if is_local_model(model):
+            messages, bias = self.answer_prompt(question, hits, ranked), (DECLINE_TOKENS, BANNED)
+        else:
+            messages, bias = answer_messages(question, trimmed_passages(hits, ranked, 1, len(hits))), None
+        draft = "".join(self._complete(messages, model, options, bias))
+        if is_decline(draft):
+            return None
+        support = " ".join(c.text for c in self._cited_response(question, model, draft, hits).citations if c.supported)
+        return (draft, support) if support else None
+
+    def _second_look(
+        self, question: str, hits: list[SearchHit], ranked: list[ScoredSentence], model: str, options: AskOptions
+    ) -> str | None:
+        """The drawn answer, kept only if the model, asked yes or no, says its supporting sentences
+        answer the question. The small model declines many questions whose answer is in its
+        prompt, but judges one candidate better (bench/RESULTS.md)."""
+        try:
+            drawn = self.draw_answer(question, hits, ranked, model, options)
+            if drawn is None:
+                return None
+            draft, support = drawn
+            bias = (YES_TOKENS, self.settings.answer.judge_bias)
+            verdict = "".join(self._complete(judge_messages(question, support), model, options, bias, max_tokens=3))
+        except GenerationError:
+            return None
+        return draft if is_yes(verdict) else None
+
+    def _complete(
+        self,
+        messages: list[dict[str, str]],
+        model: str,
+        options: AskOptions,
+        token_bias: tuple[tuple[str, ...], float] | None = None,
+        max_tokens: int | None = None,
+    ) -> Iterator[str]:
+        """`token_bias` = (tokens, logit bias), applied for `local/` models only: it names tokens
+        by their text, which llama.cpp accepts and other APIs do not."""
+        cfg = self.settings.answer
+        tokens, bias = token_bias or ((), 0.0)
         return stream_completion(
             messages,
             model=model,
             api_base=options.api_base or cfg.api_base,
             temperature=cfg.temperature if options.temperature is None else options.temperature,
-            max_tokens=options.max_tokens or cfg.max_tokens,
+            max_tokens=max_tokens or options.max_tokens or cfg.max_tokens,
             timeout_s=options.timeout_s or cfg.timeout_s,
             local_settings=self.settings.local_llm,
+            logit_bias=[[token, bias] for token in tokens] if bias and is_local_model(model) else None,
         )
 
     def _abstain(

@@ -126,8 +126,18 @@ class AnswerSettings(BaseModel):
     prompt_sentences: int = Field(7, ge=1)
     # Abstain when no passage is this close to the question (dense cosine; calibrated in bench/).
     min_retrieval_score: float = 0.35
-    # When the model declines, ask once more with each passage cut to its best sentence.
+    # Logit bias on a `local/` model's decline token (NOT_FOUND): negative = decline only when that
+    # token is clearly the likeliest start, so fewer false declines and more wrong answers. For
+    # the bundled model no bias did best on ClapNQ (bench/bench_declines.py, RESULTS.md);
+    # rerun that calibration for another GGUF.
+    decline_bias: float = Field(0.0, le=0)
+    # When the model declines, draw an answer out of it anyway and keep it only if its citations
+    # hold and the model says their sentences answer the question (a yes/no question).
     second_look: bool = True
+    # Logit bias on a `local/` model's "yes" in that yes/no question: negative = keep the drawn
+    # answer only when the model is clearly sure. -1 did best on ClapNQ: more answers, no fewer
+    # declined unanswerable questions than with no second look (bench/bench_declines.py).
+    judge_bias: float = Field(-1.0, le=0)
     # Withhold an LLM answer none of whose sentences is supported by its citations.
     abstain_when_unsupported: bool = True
     fallback_to_extractive: bool = True

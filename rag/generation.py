@@ -47,8 +47,9 @@ def stream_completion(
     max_tokens: int,
     timeout_s: float,
     local_settings: LocalLLMSettings | None = None,
+    logit_bias: object | None = None,
 ) -> Iterator[str]:
-    """Yield the answer text piece by piece."""
+    """Yield the answer text piece by piece. `logit_bias` is passed on as the provider takes it."""
     import litellm
 
     from rag.local_llm import as_rag_error, is_local_model, register_local_provider
@@ -67,6 +68,7 @@ def stream_completion(
             max_tokens=max_tokens,
             timeout=timeout_s,
             stream=True,
+            **({"logit_bias": logit_bias} if logit_bias is not None else {}),
         )
         for chunk in stream:
             delta = chunk.choices[0].delta.content if chunk.choices else None

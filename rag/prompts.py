@@ -24,6 +24,10 @@ ANSWER_USER = "Passages:\n{passages}\n\nQuestion: {question}"
 
 PASSAGE = "[{number}] {text}"
 
+# The decline sentinel's first token, as the bundled model's tokenizer splits it, with and
+# without a leading space: the tokens `answer.decline_bias` applies to (and a second look bans).
+DECLINE_TOKENS = ("NOT", " NOT")
+
 # One answer and one decline on made-up passages; the decline shows that a passage about another
 # place does not answer the question. Without it the model answered half the unanswerable seed
 # questions with nearby facts (bench/RESULTS.md lists the variants measured).
@@ -62,6 +66,29 @@ def answer_messages(question: str, passages: list[str]) -> list[dict[str, str]]:
 
 def is_decline(answer: str) -> bool:
     return bool(DECLINE.search(answer))
+
+
+# After a decline, the answer drawn out of the model is shown only if the model, asked this
+# single yes/no question about it, says it answers the question.
+JUDGE_SYSTEM = "You check whether a sentence answers a question. Reply yes or no."
+
+JUDGE_USER = "Question: {question}\nSentence: {sentence}\nDoes the sentence answer the question?"
+
+
+def judge_messages(question: str, sentence: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": JUDGE_SYSTEM},
+        {"role": "user", "content": JUDGE_USER.format(question=question, sentence=" ".join(sentence.split()))},
+    ]
+
+
+# The judge's yes, as the bundled model's tokenizer may start it: the tokens `answer.judge_bias`
+# applies to.
+YES_TOKENS = ("yes", "Yes", " yes", " Yes")
+
+
+def is_yes(reply: str) -> bool:
+    return reply.strip().lower().startswith("yes")
 
 
 # Follow-up questions: rewritten into a standalone question before retrieval.

@@ -69,6 +69,28 @@ def names_in(claim: str) -> set[str]:
     return {fold(w) for w in words[1:] if w[:1].isupper() and len(w) > 2}
 
 
+def names_not_in(question: str, documents: list[str]) -> list[str]:
+    """The words of the question's multi-word names (runs of two or more capitalised words after
+    its first word, such as "Gia Lai" or "Điện Biên") that none of `documents` contains, compared
+    without accents, one string per name. An answer whose sources never name what the question
+    is about is about something else. Single capitalised words and acronyms are left out:
+    questions use them for paraphrases and abbreviations ("Tết", "MR2") spelled otherwise."""
+    runs: list[list[re.Match[str]]] = [[]]
+    for word in list(NAME.finditer(question))[1:]:
+        capitalised = word.group()[:1].isupper() and not word.group().isupper()
+        if capitalised and runs[-1] and question[runs[-1][-1].end() : word.start()].isspace():
+            runs[-1].append(word)
+        else:
+            runs.append([word] if capitalised else [])
+    folded = [fold(document) for document in documents]
+
+    def named(word: str) -> bool:
+        return any(re.search(rf"\b{re.escape(fold(word))}\b", document) for document in folded)
+
+    unnamed = [" ".join(w.group() for w in run if not named(w.group())) for run in runs if len(run) >= 2]
+    return [name for name in unnamed if name]
+
+
 def content_tokens(text: str) -> set[str]:
     return {t for t in tokenize([text])[0] if t}
 

@@ -54,3 +54,19 @@ def test_instructions_inside_a_document_are_treated_as_data(tmp_path, embedder) 
     assert "ACCESS GRANTED" not in response.answer.upper()
     assert not response.abstained and "41,500" in response.answer, response
     check_citations(service, response)
+
+
+def test_decline_bias_moves_the_embedded_models_decline_decision(seed_service) -> None:
+    # Unbiased, the model declines this one although passage [1] names the rank (its first token
+    # is NOT with p=0.76 vs 0.10 for the next: bench/bench_declines.py measures such odds).
+    question = (
+        "What military rank does Trần Văn Vương, Deputy Chairman of the Inspection Commission of the Central "
+        "Military Commission, hold in the Military Region 2 conference article?"
+    )
+    answer = seed_service.settings.answer
+    unbiased = seed_service.settings.model_copy(update={"answer": answer.model_copy(update={"second_look": False})})
+    biased = unbiased.model_copy(update={"answer": unbiased.answer.model_copy(update={"decline_bias": -3.0})})
+    assert make_service(unbiased, seed_service.embedder).ask(question).abstained
+    response = make_service(biased, seed_service.embedder).ask(question)
+    assert not response.abstained and "Lieutenant General" in response.answer, response
+    check_citations(seed_service, response)

@@ -61,6 +61,14 @@ def test_off_topic_question_abstains(seed_service) -> None:
     assert response.abstained and response.citations == [] and "do not contain" in response.answer
 
 
+def test_answer_from_documents_that_never_name_the_questions_subject_is_withheld(seed_service) -> None:
+    # Only the Gia Lai article names Gia Lai (in its source URL); the cells figure is Military Region 2's.
+    question = "How many commune-level military party cells did the Gia Lai Provincial Military Party Committee establish?"
+    response = seed_service.ask(question, AskOptions(model="extractive"))
+    assert response.abstained and response.citations == []
+    assert "never mention Gia Lai" in response.notice and "529" in response.notice
+
+
 def test_markers_are_renumbered_checked_and_flagged(seed_service, scripted) -> None:
     passages = seed_service.search(CELLS, k=4).results
     cells = next(i for i, p in enumerate(passages, start=1) if "529" in p.text)
@@ -190,20 +198,32 @@ def test_wrong_or_missing_citations_are_pointed_at_the_passage_that_states_the_c
     check_offsets(seed_service, response)
 
 
-def test_a_decline_gets_a_second_look_at_each_passage_best_sentence(seed_service, scripted) -> None:
+def test_a_decline_gets_a_second_look_that_the_model_must_confirm(seed_service, scripted) -> None:
     passages = seed_service.search(CELLS, k=4).results
     cells = next(i for i, p in enumerate(passages, start=1) if "529" in p.text)
-    scripted("NOT_FOUND", f"The Party Committee established 529 commune-level military party cells [{cells}].")
+    answer = f"The Party Committee established 529 commune-level military party cells [{cells}]."
+    scripted("NOT_FOUND", answer, "Yes.")
     response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
-    first, second = (call[-1]["content"] for call in scripted.calls)
+    first, second, judge = (call[-1]["content"] for call in scripted.calls)
+    # A model other than the local one gets each passage cut to its best sentence.
     assert "…" in first and "…" not in second and len(second) < len(first)
+    # The judge sees the passage's own supporting sentence, not the model's wording.
+    assert CELLS in judge and "establishing 529 commune-level military party cells" in judge
     assert not response.abstained and "529" in response.answer and response.citations[0].supported
+
+    scripted("NOT_FOUND", answer, "No")
+    assert seed_service.ask(CELLS, AskOptions(model="openai/scripted")).abstained
+    # A second-look answer whose citation does not hold is dropped before any judging.
+    scripted("NOT_FOUND", "The Party Committee built 40 new airports [1].", "yes")
+    assert seed_service.ask(CELLS, AskOptions(model="openai/scripted")).abstained and len(scripted.calls) == 2
 
 
 def test_a_second_decline_abstains_and_the_second_look_can_be_turned_off(seed_service, scripted) -> None:
-    scripted("NOT_FOUND")
-    response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
+    scripted(" NOT_FOUND")
+    events = list(seed_service.ask_stream(CELLS, AskOptions(model="openai/scripted")))
+    response = events[-1].response
     assert response.abstained and len(scripted.calls) == 2
+    assert not [e for e in events if e.kind == "token"], "the decline sentinel is never streamed"
     seed_service.settings.answer.second_look = False
     try:
         scripted("NOT_FOUND", "The Party Committee established 529 commune-level military party cells [1].")

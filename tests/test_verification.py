@@ -1,7 +1,9 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rag.config import VerificationSettings
-from rag.verification import Verifier, fold, names_in, numbers_in
+from rag.verification import Verifier, fold, names_in, names_not_in, numbers_in
 
 PASSAGE = (
     "Regarding Party building, the Party Committee led and maintained strict regimes. "
@@ -16,6 +18,33 @@ def test_helpers() -> None:
     assert numbers_in("22,700 personnel; 99.25% of troops in 2025.") == {"22700", "99.25", "2025"}
     assert "9" in numbers_in("nine groups of tasks", spelled=True)
     assert names_in("The secretary Tran Tien Dung came") == {"tran", "tien", "dung"}
+
+
+def test_question_names_missing_from_the_sources() -> None:
+    question = "How many cells did the Gia Lai Provincial Military Party Committee set up after Điện Biên's review?"
+    assert names_not_in(question, [PASSAGE]) == ["Gia Lai", "Điện Biên"]
+    assert names_not_in(question, [PASSAGE, "Gia Lai and Dien Bien provinces"]) == []
+    # Single capitalised words and acronyms may be paraphrases or abbreviations: never required.
+    assert names_not_in("Which unit in MR2 welcomed Tết with Hanoi officials?", [PASSAGE]) == []
+    # The first word is capitalised as the start of the question, not as a name.
+    assert names_not_in("Which Party Committee led it?", [PASSAGE]) == []
+
+
+# Latin letters as Vietnamese names use them.
+LOWER = "abcdeghiklmnopqrstuvxyàáâãèéêìíòóôõùúýăđĩũơưạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ"
+NAME_WORD = st.builds(
+    lambda first, rest: first + rest, st.sampled_from("ABCDEGHIKLMNOPQRSTUVXYĐ"), st.text(LOWER, min_size=2, max_size=8)
+)
+
+
+@given(st.lists(NAME_WORD, min_size=2, max_size=4), st.lists(NAME_WORD, min_size=2, max_size=4))
+def test_a_name_is_missing_exactly_when_a_source_lacks_its_words(named, other) -> None:
+    question = f"What did the {' '.join(named)} do with the {' '.join(other)}?"
+    assert names_not_in(question, [f"{' '.join(named)}; {' '.join(other)}"]) == []
+    missing = names_not_in(question, [" ".join(named)])
+    folded_named = {fold(w) for w in named}
+    expected = " ".join(w for w in other if fold(w) not in folded_named)
+    assert missing == ([expected] if expected else [])
 
 
 @pytest.fixture(scope="module")
