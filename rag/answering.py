@@ -3,7 +3,8 @@ verify every citation against its passage -> AnswerResponse.
 
 An answer is never shown with a citation that was not checked: each (sentence, passage)
 pair carries a verdict and the exact supporting span, sentences with a claim and no
-citation are flagged, and an LLM answer that none of its passages supports is withheld."""
+citation are flagged, an LLM answer that none of its passages supports is withheld, and so is
+any answer whose sources never name what the question names ("Gia Lai")."""
 
 from __future__ import annotations
 
