@@ -3,17 +3,17 @@
 1. The small model declines by starting its reply with NOT_FOUND. Greedy decoding declines when
    that token is the likeliest first token; a logit bias b on it makes the model decline only
    when p(NOT) * e^b still beats the best other first token, so b moves the threshold.
-2. After a decline, the second look draws an answer out of the model (NOT banned), verifies its
-   citations, and asks the model "does this sentence answer the question? yes/no" about the
-   supporting sentences. A bias on "yes" sets how sure the model must be to keep the answer.
+2. After a decline, the second look asks the model "does this sentence answer the question?
+   yes/no" about the passage sentence ranked most relevant to the question. A bias on "yes" sets
+   how sure the model must be for that sentence to become the answer.
 
 Calibrated on ClapNQ dev questions (real answerable and unanswerable questions over a closed
 corpus), never on the seed question set, which stays a held-out test; none of them is in
 bench_clapnq.py's --sample 30 answer benchmark. Per question: retrieval and prompt exactly as
 `rag ask` builds them, the first token's top-20 probabilities, and for questions the model
-declines, the drawn answer (through the real `Answerer.draw_answer`) and the judge's first-token
-probabilities. Each bias is then scored offline: the share of answerable questions answered,
-of unanswerable ones declined, and their mean (balanced accuracy). Writes
+declines, the judge's first-token probabilities (on the prompt `Answerer.second_look` sends).
+Each bias is then scored offline: the share of answerable questions answered, of unanswerable
+ones declined, and their mean (balanced accuracy). Writes
 bench/results/declines/{report.json,curves.png} and the `bench_declines` section of RESULTS.md."""
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ import httpx
 from bench_clapnq import CLAPNQ_DIR, INDEX_DIR, QUESTIONS, RESULTS_DIR, sample, write_questions
 from run_all import markdown_table, rich_table, save_figure, write_section
 
-from rag.answering import AskOptions
 from rag.beir import beir_settings, build_beir_index, load_beir
 from rag.config import Settings
 from rag.evaluation import load_questions
 from rag.extractive import rank_sentences
-from rag.local_llm import DEFAULT_LOCAL_MODEL, get_local_server
+from rag.local_llm import get_local_server
 from rag.prompts import DECLINE_TOKENS, YES_TOKENS, judge_messages
 from rag.service import RagService
 
@@ -78,10 +77,8 @@ def probe(service: RagService, question: str) -> dict | None:
     ranked = rank_sentences(question, hits, service.embedder)
     decline = first_token(service, answerer.answer_prompt(question, hits, ranked), DECLINE_TOKENS)
     row: dict = {"decline": decline, "judge": None}
-    if wins(decline, 0.0):
-        drawn = answerer.draw_answer(question, hits, ranked, DEFAULT_LOCAL_MODEL, AskOptions())
-        if drawn is not None:
-            row["judge"] = first_token(service, judge_messages(question, drawn[1]), YES_TOKENS)
+    if wins(decline, 0.0) and ranked:
+        row["judge"] = first_token(service, judge_messages(question, ranked[0].text), YES_TOKENS)
     return row
 
 
@@ -154,7 +151,6 @@ def main(argv: list[str] | None = None) -> None:
         "questions": len(rows),
         "abstained_by_retrieval": sum(r["probe"] is None for r in rows),
         "declined_unbiased": sum(bool(r["probe"]) and wins(r["probe"]["decline"], 0.0) for r in rows),
-        "drawn_answers": sum(bool(r["probe"]) and r["probe"]["judge"] is not None for r in rows),
         "best": chosen,
         "defaults": {"decline_bias": defaults.decline_bias, "judge_bias": defaults.judge_bias},
         "curves": curves,
@@ -170,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         f"`{report['command']}`, {report['date']}, {report['seconds']} s, load {report['load_average_1min']['start']}"
         f" -> {report['load_average_1min']['end']}. {len(rows)} ClapNQ dev questions ({args.per_class} answerable +"
         f" {args.per_class} unanswerable, none in the answer benchmark's sample); {report['abstained_by_retrieval']}"
-        f" abstained at retrieval and are left out. The unbiased model declined {report['declined_unbiased']};"
-        f" the second look drew a cited answer out of it for {report['drawn_answers']} of those. Decisions are"
+        f" abstained at retrieval and are left out. The unbiased model declined {report['declined_unbiased']}, and"
+        f" the second look judged its best-ranked passage sentence for each of those. Decisions are"
         f" simulated from first-token top-{TOP} probabilities under the real prompts.\n"
     )
     for knob, title in (("decline", "`answer.decline_bias`, no second look"),

@@ -131,13 +131,12 @@ class AnswerSettings(BaseModel):
     # the bundled model no bias did best on ClapNQ (bench/bench_declines.py, RESULTS.md);
     # rerun that calibration for another GGUF.
     decline_bias: float = Field(0.0, le=0)
-    # When the model declines, draw an answer out of it anyway and keep it only if its citations
-    # hold and the model says their sentences answer the question (a yes/no question).
+    # When the model declines, ask it (yes or no) whether the passage sentence ranked most
+    # relevant answers the question; on yes that sentence, cited, is the answer.
     second_look: bool = True
-    # Logit bias on a `local/` model's "yes" in that yes/no question: negative = keep the drawn
-    # answer only when the model is clearly sure. -1 did best on ClapNQ: more answers, no fewer
-    # declined unanswerable questions than with no second look (bench/bench_declines.py).
-    judge_bias: float = Field(-1.0, le=0)
+    # Logit bias on a `local/` model's "yes" in that yes/no question: negative = answer only
+    # when the model is clearly sure. Calibrated on ClapNQ by bench/bench_declines.py.
+    judge_bias: float = Field(-0.5, le=0)
     # Withhold an LLM answer none of whose sentences is supported by its citations.
     abstain_when_unsupported: bool = True
     fallback_to_extractive: bool = True

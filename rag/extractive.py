@@ -76,4 +76,9 @@ def extractive_answer(ranked: list[ScoredSentence], max_sentences: int, min_scor
             break
         if all(sentence.text != c.text for c in chosen):
             chosen.append(sentence)
-    return " ".join(f"{' '.join(s.text.split())} [{s.passage + 1}]" for s in chosen)
+    return " ".join(map(cited, chosen))
+
+
+def cited(sentence: ScoredSentence) -> str:
+    """The sentence verbatim (whitespace collapsed), followed by its passage marker."""
+    return f"{' '.join(sentence.text.split())} [{sentence.passage + 1}]"
