@@ -11,9 +11,9 @@ Calibrated on ClapNQ dev questions (real answerable and unanswerable questions o
 corpus), never on the seed question set, which stays a held-out test; none of them is in
 bench_clapnq.py's --sample 30 answer benchmark. Per question: retrieval and prompt exactly as
 `rag ask` builds them, the first token's top-20 probabilities, and for questions the model
-declines, the judge's first-token probabilities (on the prompt `Answerer.second_look` sends).
-Each bias is then scored offline: the share of answerable questions answered, of unanswerable
-ones declined, and their mean (balanced accuracy). Writes
+declines, the judge's first-token probabilities on `Answerer.judge_prompt` (what the second
+look sends). Each bias is then scored offline: the share of answerable questions answered, of
+unanswerable ones declined, and their mean (balanced accuracy). Writes
 bench/results/declines/{report.json,curves.png} and the `bench_declines` section of RESULTS.md."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from rag.config import Settings
 from rag.evaluation import load_questions
 from rag.extractive import rank_sentences
 from rag.local_llm import get_local_server
-from rag.prompts import DECLINE_TOKENS, YES_TOKENS, judge_messages
+from rag.prompts import DECLINE_TOKENS, YES_TOKENS
 from rag.service import RagService
 
 OUT_DIR = RESULTS_DIR / "declines"
@@ -77,8 +77,9 @@ def probe(service: RagService, question: str) -> dict | None:
     ranked = rank_sentences(question, hits, service.embedder)
     decline = first_token(service, answerer.answer_prompt(question, hits, ranked), DECLINE_TOKENS)
     row: dict = {"decline": decline, "judge": None}
-    if wins(decline, 0.0) and ranked:
-        row["judge"] = first_token(service, judge_messages(question, ranked[0].text), YES_TOKENS)
+    judge = answerer.judge_prompt(question, ranked)
+    if wins(decline, 0.0) and judge is not None:
+        row["judge"] = first_token(service, judge, YES_TOKENS)
     return row
 
 

@@ -160,6 +160,11 @@ class Answerer:
         ranked = rank_sentences(question, hits, self.embedder) if ranked is None else ranked
         return answer_messages(question, trimmed_passages(hits, ranked, cfg.sentences_per_passage, cfg.prompt_sentences))
 
+    def judge_prompt(self, question: str, ranked: list[ScoredSentence]) -> list[dict[str, str]] | None:
+        """The yes/no question a second look asks: does the best-ranked passage sentence answer
+        the question? None when the passages have no sentence."""
+        return judge_messages(question, ranked[0].text) if ranked else None
+
     def second_look(self, question: str, ranked: list[ScoredSentence], model: str, options: AskOptions) -> str | None:
         """After a decline: the passage sentence most relevant to the question, with its citation,
         kept only if the model, asked yes or no, says it answers the question. The small model
@@ -167,11 +172,12 @@ class Answerer:
         better. Among its declines of ClapNQ questions, judging the best-ranked sentence told
         answerable from unanswerable ones better than judging an answer drawn out of the model
         (AUC 0.66 vs 0.56, bench/RESULTS.md), and it saves generating that answer."""
-        if not ranked:
+        messages = self.judge_prompt(question, ranked)
+        if messages is None:
             return None
         bias = (YES_TOKENS, self.settings.answer.judge_bias)
         try:
-            verdict = "".join(self._complete(judge_messages(question, ranked[0].text), model, options, bias, max_tokens=3))
+            verdict = "".join(self._complete(messages, model, options, bias, max_tokens=3))
         except GenerationError:
             return None
         return cited(ranked[0]) if is_yes(verdict) else None
