@@ -1,33 +1,47 @@
-"""Cited answers: retrieve -> (abstain?) -> prompt -> LLM or extractive -> parse [n] ->
-verify every citation against its passage -> AnswerResponse.
+"""Cited answers, as small stages:
 
-An answer is never shown with a citation that was not checked: each (sentence, passage)
-pair carries a verdict and the exact supporting span, sentences with a claim and no
-citation are flagged, an LLM answer that none of its passages supports is withheld, and so is
-any answer whose sources never name what the question names ("Gia Lai")."""
+    retrieve -> select evidence -> choose (or generate, or extract) -> verify and repair -> decide
+
+- Retrieval fetches a deep pool of passages; evidence selection scores every sentence of the
+  pool against the question and keeps the best few (rag/evidence.py).
+- The answer comes from one of three strategies: `choose` (the model picks the numbered
+  evidence sentence that answers, read from its token probabilities: the default for `local/`
+  models), `generate` (free-form with [n] markers, for other litellm models) or `extractive`
+  (no model).
+- Every citation is verified against its passage and repaired when it points at the wrong one
+  (rag/verification.py).
+- The decision to show the answer is one calibrated confidence (rag/decision.py) followed by
+  an ordered list of guards, each of which returns the reason to withhold the answer or None.
+
+An answer is never shown with a citation that was not checked, and a withheld answer is never
+shown at all: the response says that it was withheld and why."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
 
+from rag.choice import Choice, choice_from_probabilities
 from rag.citations import MARKER, ParsedSentence, parse_answer, strip_markers
 from rag.config import SearchMode, Settings
+from rag.decision import Signals, load_decision_model
 from rag.embedding import Embedder
-from rag.extractive import ScoredSentence, cited, extractive_answer, rank_sentences, trimmed_passages
-from rag.generation import GenerationError, check_model, stream_completion
+from rag.evidence import EvidenceSentence, SentenceVectors, rank_evidence, select_evidence
+from rag.extractive import cited, extractive_answer
+from rag.generation import GenerationError, check_model, first_token_probabilities, stream_completion
 from rag.local_llm import is_local_model
-from rag.prompts import DECLINE_TOKENS, NOT_FOUND, YES_TOKENS, answer_messages, is_decline, is_yes, judge_messages
+from rag.prompts import DECLINE_TOKENS, NOT_FOUND, answer_messages, choice_messages, is_decline
 from rag.retrieval import Retriever, validate_query
-from rag.schema import AnswerResponse, AnswerSentence, Citation, SearchHit
+from rag.schema import AnswerResponse, AnswerSentence, Citation, Evidence, SearchHit
 from rag.verification import Verdict, Verifier, content_tokens, makes_claim, names_not_in, numbers_in
 
 EXTRACTIVE = "extractive"
 
 NOT_FOUND_ANSWER = "The documents do not contain an answer to this question."
 
-SECOND_LOOK_NOTICE = "The model first found no answer, then confirmed that this passage sentence answers the question."
+Strategy = Literal["choose", "generate", "extractive"]
 
 
 @dataclass
@@ -52,169 +66,277 @@ class AskOptions:
     timeout_s: float | None = None
 
 
+@dataclass
+class Draft:
+    """One question's answer as the stages build it up."""
+
+    question: str
+    model: str
+    strategy: Strategy
+    passages: list[SearchHit]  # the passages evidence came from; [n] markers count in this list
+    evidence: list[EvidenceSentence]  # passage = index into `passages`
+    ranked: list[EvidenceSentence]  # the whole pool, best first
+    retrieval_score: float  # best dense cosine of a retrieved passage
+    text: str | None = None  # the answer with [n] markers; None = no answer
+    answered_by: str = ""
+    declined: bool = False
+    choice: Choice | None = None
+    confidence: float | None = None
+    threshold: float | None = None
+    notices: list[str] = field(default_factory=list)
+    response: AnswerResponse | None = None
+
+
+# A guard looks at a draft and returns why its answer must be withheld, or None.
+Guard = Callable[[Draft], str | None]
+
+
 class Answerer:
     def __init__(self, retriever: Retriever, embedder: Embedder, settings: Settings):
         self.retriever = retriever
         self.embedder = embedder
         self.settings = settings
         self.verifier = Verifier(embedder, settings.verification)
+        self.sentence_vectors = SentenceVectors(embedder, settings.evidence.cache_sentences)
+
+    def strategy(self, model: str) -> Strategy:
+        configured = self.settings.answer.strategy
+        if model == EXTRACTIVE:
+            return "extractive"
+        if configured == "auto":
+            return "choose" if is_local_model(model) else "generate"
+        return configured
 
     def stream(self, question: str, options: AskOptions | None = None) -> Iterator[AnswerEvent]:
-        cfg = self.settings.answer
         options = options or AskOptions()
-        model = options.model or cfg.model
+        model = options.model or self.settings.answer.model
         question = validate_query(question, self.settings.retrieval)
         if model != EXTRACTIVE:
-            check_model(model, options.api_base or cfg.api_base)
+            check_model(model, options.api_base or self.settings.answer.api_base)
         timings: dict[str, float] = {}
-        clock = started = time.perf_counter()
+        started = clock = time.perf_counter()
 
-        hits = self.retriever.search(question, k=options.k or cfg.k, mode=options.mode, doc_ids=options.doc_ids).results
+        draft = self.draft(question, model, options)
         timings["retrieve"] = _ms(clock)
-        yield AnswerEvent("passages", passages=hits)
+        yield AnswerEvent("passages", passages=draft.passages)
 
         def finish(response: AnswerResponse) -> AnswerEvent:
             response.timings_ms = {**timings, "total": _ms(started)}
             return AnswerEvent("answer", response=response)
 
-        if not self.retrieval_is_relevant(hits):
-            yield finish(self._abstain(question, model, hits, "No passage in the documents is close enough to the question."))
+        reason = self.retrieval_guard(draft)
+        if reason:
+            yield finish(self._abstain(draft, reason))
             return
 
         clock = time.perf_counter()
-        ranked = rank_sentences(question, hits, self.embedder)
-        timings["rank_sentences"] = _ms(clock)
-        notice = second_look_notice = None
-        answered_by = model
-        if model == EXTRACTIVE:
-            text = extractive_answer(ranked, cfg.extractive_sentences, cfg.extractive_min_score)
-        else:
-            clock = time.perf_counter()
-            try:
-                text, shown = "", 0
-                # A negative bias on the decline token makes a small model decline only when that is
-                # clearly likelier than any answer (bench/bench_declines.py calibrates it).
-                prompt = self.answer_prompt(question, hits, ranked)
-                for piece in self._complete(prompt, model, options, (DECLINE_TOKENS, cfg.decline_bias)):
-                    if not text:
-                        timings["first_token"] = _ms(started)
-                    text += piece
-                    # Held back while it may still be the decline sentinel, which is never shown.
-                    if not NOT_FOUND.startswith(text.strip()):
-                        yield AnswerEvent("token", text=text[shown:])
-                        shown = len(text)
-            except GenerationError as exc:
-                if not cfg.fallback_to_extractive:
-                    raise
-                notice = f"{exc}; showing an extractive answer built from the passages instead."
-                text = extractive_answer(ranked, cfg.extractive_sentences, cfg.extractive_min_score)
-                answered_by = EXTRACTIVE
-            if notice is None and is_decline(text) and cfg.second_look:
-                confirmed = self.second_look(question, ranked, model, options)
-                if confirmed:
-                    text, second_look_notice = confirmed, SECOND_LOOK_NOTICE
-            timings["generate"] = _ms(clock)
-            if notice is None and is_decline(text):
-                yield finish(self._abstain(question, model, hits, "The model found no answer in the passages.", draft=text))
-                return
-            if notice is None and not adds_to_question(text, question):
-                yield finish(self._abstain(
-                    question, model, hits, "The model's answer only repeats the question.", draft=text,
-                ))
-                return
-        if text is None:
-            yield finish(self._abstain(question, model, hits, "No sentence in the passages answers the question.", notice=notice))
-            return
+        for piece in self.answer(draft, options):
+            if "first_token" not in timings:
+                timings["first_token"] = _ms(started)
+            yield AnswerEvent("token", text=piece)
+        timings["generate"] = _ms(clock)
 
         clock = time.perf_counter()
-        response = self._cited_response(question, answered_by, text, hits)
+        if draft.text is not None:
+            draft.response = self._cited_response(draft)
         timings["verify"] = _ms(clock)
-        response.notice = " ".join(n for n in (notice, second_look_notice, response.notice) if n) or None
-        supported = any(s.status in ("supported", "partly") for s in response.sentences)
-        if not supported and answered_by != EXTRACTIVE and cfg.abstain_when_unsupported:
-            yield finish(self._abstain(
-                question, model, hits, "The model's answer is not supported by the cited passages, so it is withheld.",
-                draft=text,
-            ))
-            return
-        documents = self.retriever.index.documents
-        sources = {c.doc_id for c in response.citations if c.supported}
-        unnamed = names_not_in(question, [documents[doc_id].text for doc_id in sorted(sources)])
-        if unnamed:
-            yield finish(self._abstain(
-                question, model, hits,
-                f"The documents this answer comes from never mention {unnamed[0]}, which the question asks about.",
-                draft=text, notice=notice,
-            ))
-            return
-        yield finish(response)
+        for guard in self.guards:
+            reason = guard(draft)
+            if reason:
+                yield finish(self._abstain(draft, reason))
+                return
+        assert draft.response is not None  # the guards withhold a draft without an answer
+        yield finish(draft.response)
 
-    def retrieval_is_relevant(self, hits: list[SearchHit]) -> bool:
-        best = max((h.dense_score or 0.0 for h in hits), default=0.0)
-        return bool(hits) and best >= self.settings.answer.min_retrieval_score
+    # ------------------------------------------------------------------ retrieve, select evidence
 
-    def answer_prompt(self, question: str, hits: list[SearchHit], ranked: list[ScoredSentence] | None = None) -> list[dict[str, str]]:
-        """The messages an LLM answers from: the passages trimmed to their sentences most relevant
-        to the question."""
+    def draft(self, question: str, model: str, options: AskOptions) -> Draft:
+        """Retrieve the pool, rank its sentences, keep the evidence; the passages the evidence
+        comes from are renumbered in order of their best sentence."""
+        cfg = self.settings.evidence
+        pool = self.retriever.search(question, k=options.k or cfg.passages, mode=options.mode, doc_ids=options.doc_ids).results
+        ranked = rank_evidence(question, pool, self.sentence_vectors, cfg)
+        evidence = select_evidence(ranked, cfg.sentences, cfg.max_words)
+        order = list(dict.fromkeys(s.passage for s in evidence))
+        position = {passage: i for i, passage in enumerate(order)}
+        passages = [pool[i].model_copy(update={"rank": n}) for n, i in enumerate(order, start=1)]
+        evidence = [EvidenceSentence(position[s.passage], s.span, s.text, s.score) for s in evidence]
+        retrieval_score = max((h.dense_score or 0.0 for h in pool), default=0.0)
+        return Draft(question, model, self.strategy(model), passages, evidence, ranked, retrieval_score)
+
+    def retrieval_guard(self, draft: Draft) -> str | None:
+        if not draft.evidence or draft.retrieval_score < self.settings.answer.min_retrieval_score:
+            return "No passage in the documents is close enough to the question."
+        return None
+
+    # ------------------------------------------------------------------ choose, generate, extract
+
+    def answer(self, draft: Draft, options: AskOptions) -> Iterator[str]:
+        """Fill in `draft.text` by the draft's strategy, yielding the text to show as it comes.
+        A model that fails is replaced by the extractive answer, with a notice."""
         cfg = self.settings.answer
-        ranked = rank_sentences(question, hits, self.embedder) if ranked is None else ranked
-        return answer_messages(question, trimmed_passages(hits, ranked, cfg.sentences_per_passage, cfg.prompt_sentences))
-
-    def judge_prompt(self, question: str, ranked: list[ScoredSentence]) -> list[dict[str, str]] | None:
-        """The yes/no question a second look asks: does the best-ranked passage sentence answer
-        the question? None when the passages have no sentence."""
-        return judge_messages(question, ranked[0].text) if ranked else None
-
-    def second_look(self, question: str, ranked: list[ScoredSentence], model: str, options: AskOptions) -> str | None:
-        """After a decline: the passage sentence most relevant to the question, with its citation,
-        kept only if the model, asked yes or no, says it answers the question. The small model
-        declines many questions whose answer is in its prompt but judges one candidate sentence
-        better. Among its declines of ClapNQ questions, judging the best-ranked sentence told
-        answerable from unanswerable ones better than judging an answer drawn out of the model
-        (AUC 0.66 vs 0.56, bench/RESULTS.md), and it saves generating that answer."""
-        messages = self.judge_prompt(question, ranked)
-        if messages is None:
-            return None
-        bias = (YES_TOKENS, self.settings.answer.judge_bias)
+        draft.answered_by = draft.model
         try:
-            verdict = "".join(self._complete(messages, model, options, bias, max_tokens=3))
-        except GenerationError:
-            return None
-        return cited(ranked[0]) if is_yes(verdict) else None
+            if draft.strategy == "choose":
+                yield from self._choose(draft, options)
+            elif draft.strategy == "generate":
+                yield from self._generate(draft, options)
+        except GenerationError as exc:
+            if not cfg.fallback_to_extractive:
+                raise
+            draft.notices.append(f"{exc}; showing an extractive answer built from the passages instead.")
+            draft.strategy, draft.text, draft.declined = "extractive", None, False
+        if draft.strategy == "extractive":
+            draft.answered_by = EXTRACTIVE
+            draft.text = extractive_answer(draft.evidence, cfg.extractive_sentences, cfg.extractive_min_score)
+            if draft.text:
+                yield draft.text
 
-    def _complete(
-        self,
-        messages: list[dict[str, str]],
-        model: str,
-        options: AskOptions,
-        token_bias: tuple[tuple[str, ...], float] | None = None,
-        max_tokens: int | None = None,
-    ) -> Iterator[str]:
-        """`token_bias` = (tokens, logit bias), applied for `local/` models only: it names tokens
-        by their text, which llama.cpp accepts and other APIs do not."""
+    def choice_prompt(self, draft: Draft) -> list[dict[str, str]]:
+        """The numbered-choice messages for a draft's evidence, labelled in reading order."""
+        return choice_messages(draft.question, [s.text for s in draft.evidence])
+
+    def _choose(self, draft: Draft, options: AskOptions) -> Iterator[str]:
         cfg = self.settings.answer
-        tokens, bias = token_bias or ((), 0.0)
-        return stream_completion(
-            messages,
-            model=model,
+        probabilities = first_token_probabilities(
+            self.choice_prompt(draft), model=draft.model, api_base=options.api_base or cfg.api_base,
+            timeout_s=options.timeout_s or cfg.timeout_s, local_settings=self.settings.local_llm,
+        )
+        choice = draft.choice = choice_from_probabilities(probabilities, len(draft.evidence))
+        best = choice.best
+        if best is None:
+            draft.declined = True
+            return
+        decision = load_decision_model()
+        draft.threshold = decision.threshold if cfg.min_confidence is None else cfg.min_confidence
+        draft.confidence = decision.confidence(self.signals(draft, best))
+        if draft.confidence < draft.threshold:
+            return
+        chosen = [best]
+        # A second sentence, from another document, that passes the decision by itself: for
+        # questions whose answer needs two documents.
+        for i in sorted(range(len(choice.p)), key=lambda i: -choice.p[i]):
+            if i != best and self._document(draft, i) != self._document(draft, best):
+                if decision.confidence(self.signals(draft, i)) >= draft.threshold:
+                    chosen.append(i)
+                break
+        draft.text = " ".join(cited(draft.evidence[i]) for i in chosen)
+        yield draft.text
+
+    def signals(self, draft: Draft, candidate: int) -> Signals:
+        """What the calibrated decision sees about answering with one evidence sentence."""
+        assert draft.choice is not None
+        return Signals.of(
+            retrieval=draft.retrieval_score,
+            evidence=draft.ranked[0].score,
+            chosen=draft.evidence[candidate].score,
+            p_choice=draft.choice.p[candidate],
+            p_none=draft.choice.p_none,
+        )
+
+    def _document(self, draft: Draft, evidence: int) -> str:
+        return draft.passages[draft.evidence[evidence].passage].doc_id
+
+    def answer_prompt(self, draft: Draft) -> list[dict[str, str]]:
+        """The free-form messages: each evidence passage cut to its evidence sentences, kept in
+        reading order."""
+        texts = []
+        for i in range(len(draft.passages)):
+            own = sorted((s for s in draft.evidence if s.passage == i), key=lambda s: s.span.start)
+            texts.append(" … ".join(s.text for s in own))
+        return answer_messages(draft.question, texts)
+
+    def _generate(self, draft: Draft, options: AskOptions) -> Iterator[str]:
+        cfg = self.settings.answer
+        text, shown = "", 0
+        # A negative bias on the decline token makes a local model decline only when that is
+        # clearly likelier than any answer.
+        bias = [[token, cfg.decline_bias] for token in DECLINE_TOKENS] if cfg.decline_bias and is_local_model(draft.model) else None
+        for piece in stream_completion(
+            self.answer_prompt(draft),
+            model=draft.model,
             api_base=options.api_base or cfg.api_base,
             temperature=cfg.temperature if options.temperature is None else options.temperature,
-            max_tokens=max_tokens or options.max_tokens or cfg.max_tokens,
+            max_tokens=options.max_tokens or cfg.max_tokens,
             timeout_s=options.timeout_s or cfg.timeout_s,
             local_settings=self.settings.local_llm,
-            logit_bias=[[token, bias] for token in tokens] if bias and is_local_model(model) else None,
-        )
+            logit_bias=bias,
+        ):
+            text += piece
+            # Held back while it may still be the decline sentinel, which is never shown.
+            if not NOT_FOUND.startswith(text.strip()):
+                yield text[shown:]
+                shown = len(text)
+        draft.declined = is_decline(text)
+        draft.text = None if draft.declined else text
 
-    def _abstain(
-        self, question: str, model: str, hits: list[SearchHit], reason: str, draft: str | None = None, notice: str | None = None
-    ) -> AnswerResponse:
-        details = [n for n in (notice, reason, f"Draft answer: {draft.strip()}" if draft and draft.strip() else None) if n]
+    # ------------------------------------------------------------------ decide
+
+    @property
+    def guards(self) -> list[Guard]:
+        """Why an answer is withheld, in the order they are asked."""
+        return [self._declined, self._unsure, self._repeats_question, self._unsupported, self._unnamed]
+
+    def _declined(self, draft: Draft) -> str | None:
+        if draft.declined:
+            return "The model found no answer in the passages."
+        if draft.text is None and draft.strategy == "extractive":
+            return "No sentence in the passages answers the question."
+        return None
+
+    def _unsure(self, draft: Draft) -> str | None:
+        if draft.text is None and draft.confidence is not None and draft.threshold is not None:
+            return (
+                f"The model's choice is not likely enough to be right (confidence {draft.confidence:.2f}, "
+                f"needed {draft.threshold:.2f})."
+            )
+        return None
+
+    def _repeats_question(self, draft: Draft) -> str | None:
+        if draft.strategy == "generate" and draft.text is not None and not adds_to_question(draft.text, draft.question):
+            return "The model's answer only repeats the question."
+        return None
+
+    def _unsupported(self, draft: Draft) -> str | None:
+        response = draft.response
+        if response is None or draft.answered_by == EXTRACTIVE or not self.settings.answer.abstain_when_unsupported:
+            return None
+        if not any(s.status in ("supported", "partly") for s in response.sentences):
+            return "The model's answer is not supported by the cited passages, so it is withheld."
+        return None
+
+    def _unnamed(self, draft: Draft) -> str | None:
+        if draft.response is None:
+            return None
+        documents = self.retriever.index.documents
+        sources = sorted({c.doc_id for c in draft.response.citations if c.supported})
+        unnamed = names_not_in(draft.question, [documents[doc_id].text for doc_id in sources])
+        if unnamed:
+            return f"The documents this answer comes from never mention {unnamed[0]}, which the question asks about."
+        return None
+
+    # ------------------------------------------------------------------ responses
+
+    def _evidence(self, draft: Draft) -> list[Evidence]:
+        p = draft.choice.p if draft.choice else None
+        return [
+            Evidence(
+                number=n, passage=s.passage + 1, doc_id=draft.passages[s.passage].doc_id,
+                chunk_id=draft.passages[s.passage].chunk_id, start=s.span.start, end=s.span.end, text=s.text,
+                score=round(s.score, 4), probability=round(p[n - 1], 4) if p else None,
+            )
+            for n, s in enumerate(draft.evidence, start=1)
+        ]
+
+    def _abstain(self, draft: Draft, reason: str) -> AnswerResponse:
         return AnswerResponse(
-            question=question, answer=NOT_FOUND_ANSWER, abstained=True, model=model, citations=[], passages=hits,
-            notice=" ".join(details),
+            question=draft.question, answer=NOT_FOUND_ANSWER, abstained=True, model=draft.model, citations=[],
+            passages=draft.passages, notice=" ".join([*draft.notices, reason]), confidence=_round(draft.confidence),
+            evidence=self._evidence(draft),
         )
 
-    def _cited_response(self, question: str, model: str, raw: str, hits: list[SearchHit]) -> AnswerResponse:
+    def _cited_response(self, draft: Draft) -> AnswerResponse:
+        question, hits, raw = draft.question, draft.passages, draft.text or ""
         sentences = parse_answer(raw)
         documents = self.retriever.index.documents
         question_tokens = content_tokens(question)
@@ -223,16 +345,13 @@ class Answerer:
             claims = [(sentences[i].text, documents[hits[n - 1].doc_id].text, hits[n - 1].start, hits[n - 1].end) for i, n in pairs]
             return dict(zip(pairs, self.verifier.verify(claims, question)))
 
-        cited = {i: [n for n in s.numbers if 1 <= n <= len(hits)] for i, s in enumerate(sentences)}
-        verdicts = verify([(i, n) for i, ns in cited.items() for n in ns])
+        cited_by = {i: [n for n in s.numbers if 1 <= n <= len(hits)] for i, s in enumerate(sentences)}
+        verdicts = verify([(i, n) for i, ns in cited_by.items() for n in ns])
         # A claim none of whose citations holds up may still be stated by another retrieved
         # passage: point the citation there (and say so) rather than show a wrong source.
-        claims = {
-            i for i, s in enumerate(sentences)
-            if cited[i] or makes_claim(s.text, question_tokens)
-        }
-        unsupported = [i for i in sorted(claims) if not any(verdicts[(i, n)].supported for n in cited[i])]
-        alternatives = verify([(i, n) for i in unsupported for n in range(1, len(hits) + 1) if n not in cited[i]])
+        claims = {i for i, s in enumerate(sentences) if cited_by[i] or makes_claim(s.text, question_tokens)}
+        unsupported = [i for i in sorted(claims) if not any(verdicts[(i, n)].supported for n in cited_by[i])]
+        alternatives = verify([(i, n) for i in unsupported for n in range(1, len(hits) + 1) if n not in cited_by[i]])
         repairs: dict[int, tuple[int, Verdict]] = {}
         for i in unsupported:
             options = [(v.score, n, v) for (j, n), v in alternatives.items() if j == i and v.supported]
@@ -257,14 +376,14 @@ class Answerer:
         for i in range(len(sentences)):
             if i in repairs:
                 n, verdict = repairs[i]
-                if cited[i]:
-                    wrong = ", ".join(f"[{m}]" for m in cited[i])
+                if cited_by[i]:
+                    wrong = ", ".join(f"[{m}]" for m in cited_by[i])
                     new_id = add(i, n, verdict, "corrected", f"the model cited passage {wrong}, which does not state this")
-                    ids.update({(i, m): new_id for m in cited[i]})
+                    ids.update({(i, m): new_id for m in cited_by[i]})
                 else:
                     insertions[i] = add(i, n, verdict, "added", "the model gave no citation; this passage states it")
                 continue
-            for n in cited[i]:
+            for n in cited_by[i]:
                 ids[(i, n)] = add(i, n, verdicts[(i, n)], "model", verdicts[(i, n)].reason)
 
         answer, spans = _renumber(raw, sentences, ids, insertions)
@@ -281,11 +400,14 @@ class Answerer:
             else:
                 status = "unsupported"
             out_sentences.append(AnswerSentence(text=sentence.text, start=start, end=end, citations=own, status=status))
+        notices = list(draft.notices)
         dropped = sorted({n for s in sentences for n in s.numbers if not 1 <= n <= len(hits)})
-        notice = f"Removed citation markers that point at no passage: {', '.join(f'[{n}]' for n in dropped)}." if dropped else None
+        if dropped:
+            notices.append(f"Removed citation markers that point at no passage: {', '.join(f'[{n}]' for n in dropped)}.")
         return AnswerResponse(
-            question=question, answer=answer, abstained=False, model=model, citations=citations,
-            sentences=out_sentences, passages=hits, notice=notice,
+            question=question, answer=answer, abstained=False, model=draft.answered_by, citations=citations,
+            sentences=out_sentences, passages=hits, notice=" ".join(notices) or None,
+            confidence=_round(draft.confidence), evidence=self._evidence(draft), raw_answer=raw,
         )
 
 
@@ -328,6 +450,10 @@ def adds_to_question(answer: str, question: str) -> bool:
     answer = strip_markers(answer)
     # The tokenizer drops one-digit numbers, and "5 provinces" answers "how many provinces".
     return bool(content_tokens(answer) - content_tokens(question) or numbers_in(answer) - numbers_in(question))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _ms(since: float) -> float:

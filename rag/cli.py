@@ -171,7 +171,7 @@ def search(
 def ask(
     question: Annotated[Optional[str], typer.Argument(help="The question. Omit it with --file.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", help="Answer every question in this file: one per line, or JSON Lines with a `question` field.")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, max=50, help="Passages given to the model.")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, max=50, help="Passages searched for evidence sentences.")] = None,
     mode: Annotated[str, typer.Option("--mode", help="Retrieval: hybrid, dense or bm25.")] = "hybrid",
     doc: Annotated[Optional[list[str]], typer.Option("--doc", help="Only use this document (repeatable).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="litellm model string, or `extractive` (no LLM). Default: the embedded local model.")] = None,
@@ -326,7 +326,8 @@ def _print_answer(response, show_answer: bool) -> None:
             + (f"  [dim]({escape(citation.reason)})[/]" if citation.reason else "")
         )
         out.print(f"    [italic]“{escape(' '.join(citation.text.split()))}”[/]")
-    out.print(f"[dim]{response.model} · {response.timings_ms.get('total', 0) / 1000:.1f} s[/]")
+    confidence = f" · confidence {response.confidence:.2f}" if response.confidence is not None else ""
+    out.print(f"[dim]{response.model}{confidence} · {response.timings_ms.get('total', 0) / 1000:.1f} s[/]")
 
 
 @app.command(name="eval")
@@ -336,7 +337,7 @@ def evaluate(
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option("--compare", help="Show two saved reports side by side.")] = None,
     mode: Annotated[Optional[str], typer.Option("--mode", help="Retrieval mode (BEIR: only this one; default all).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Answer model (litellm string or `extractive`).")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, max=50, help="Passages given to the model.")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, max=50, help="Passages searched for evidence sentences.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N questions.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for report.json and chart.png.")] = None,
     split: Annotated[str, typer.Option("--split", help="With `beir`: the qrels split, qrels/SPLIT.tsv (e.g. test, dev).")] = "test",

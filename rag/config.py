@@ -80,6 +80,24 @@ class VerificationSettings(BaseModel):
     lexical_weight: float = Field(0.5, ge=0, le=1)
 
 
+class EvidenceSettings(BaseModel):
+    """How the sentences an answer is chosen from are found (rag/evidence.py)."""
+
+    # Passages retrieved for the pool whose every sentence is scored against the question.
+    passages: int = Field(12, ge=1)
+    # Sentences kept as evidence: the candidates the model chooses among (at most 9, one label
+    # token each) and the sentences an extractive answer starts from; `max_words` bounds the
+    # prompt. Chosen on ClapNQ (bench/bench_evidence.py, bench/RESULTS.md).
+    sentences: int = Field(6, ge=1, le=9)
+    max_words: int = Field(220, ge=1)
+    # Sentence score = cosine_weight * cosine + (1 - cosine_weight) * question-word recall
+    # + passage_prior / sqrt(1 + passage rank).
+    cosine_weight: float = Field(0.6, ge=0, le=1)
+    passage_prior: float = Field(0.2, ge=0)
+    # Sentence embeddings kept in memory between questions.
+    cache_sentences: int = Field(50_000, ge=0)
+
+
 class LocalLLMSettings(BaseModel):
     # A GGUF file to serve; None = the bundled Qwen2.5-Coder-1.5B-Instruct Q4_K_M.
     gguf: Path | None = None
@@ -114,30 +132,22 @@ class AnswerSettings(BaseModel):
     # Any litellm model string; `extractive` composes the answer from passage sentences, no LLM.
     model: str = "local/qwen2.5-1.5b-instruct"
     api_base: str | None = None
+    # choose: the model picks the numbered evidence sentence that answers, read from its token
+    # probabilities (needs a provider that returns logprobs); generate: free-form text with [n]
+    # markers; auto: choose for `local/` models, generate for others.
+    strategy: Literal["auto", "choose", "generate"] = "auto"
     temperature: float = 0.0
     max_tokens: int = Field(200, ge=1)
     timeout_s: float = Field(90.0, gt=0)
-    # Passages given to the model, each trimmed to its sentences most relevant to the question:
-    # at most `sentences_per_passage` from one passage, `prompt_sentences` in all (every passage
-    # keeps its best one). 7 instead of 4 x 3 = 12: shorter prompt, same results on a 33-question
-    # subset (bench/RESULTS.md).
-    k: int = Field(4, ge=1)
-    sentences_per_passage: int = Field(3, ge=1)
-    prompt_sentences: int = Field(7, ge=1)
     # Abstain when no passage is this close to the question (dense cosine; calibrated in bench/).
     min_retrieval_score: float = 0.35
-    # Logit bias on a `local/` model's decline token (NOT_FOUND): negative = decline only when that
-    # token is clearly the likeliest start, so fewer false declines and more wrong answers. For
-    # the bundled model no bias did best on ClapNQ (bench/bench_declines.py, RESULTS.md);
-    # rerun that calibration for another GGUF.
+    # Confidence a chosen answer needs (rag/decision.py); None = the threshold fitted with the
+    # decision model on ClapNQ (bench/bench_decision.py).
+    min_confidence: float | None = Field(None, ge=0, le=1)
+    # generate with a `local/` model: logit bias on the decline token (NOT_FOUND); negative =
+    # decline only when that token is clearly the likeliest start.
     decline_bias: float = Field(0.0, le=0)
-    # When the model declines, ask it (yes or no) whether the passage sentence ranked most
-    # relevant answers the question; on yes that sentence, cited, is the answer.
-    second_look: bool = True
-    # Logit bias on a `local/` model's "yes" in that yes/no question: negative = answer only
-    # when the model is clearly sure. Calibrated on ClapNQ by bench/bench_declines.py.
-    judge_bias: float = Field(-0.5, le=0)
-    # Withhold an LLM answer none of whose sentences is supported by its citations.
+    # Withhold a model's answer none of whose sentences is supported by its citations.
     abstain_when_unsupported: bool = True
     fallback_to_extractive: bool = True
     extractive_sentences: int = Field(2, ge=1)
@@ -163,6 +173,7 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     verification: VerificationSettings = VerificationSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
     answer: AnswerSettings = AnswerSettings()
     local_llm: LocalLLMSettings = LocalLLMSettings()
     server: ServerSettings = ServerSettings()

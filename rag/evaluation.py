@@ -33,7 +33,8 @@ from rag.beir import run_queries, score_run
 from rag.errors import BadInputError
 from rag.schema import AnswerResponse
 from rag.service import RagService
-from rag.verification import Verifier, fold
+from rag.citations import parse_answer
+from rag.verification import Verifier, fold, makes_claim
 
 RETRIEVAL_DEPTH = 10
 Progress = Callable[[int, int], None]
@@ -104,13 +105,24 @@ def contains_answer(prediction: str, answers: list[str]) -> bool:
 
 
 def quote_cited(response: AnswerResponse, quotes: list[Quote], documents: dict) -> bool:
-    """Does a returned citation span cover at least half of a gold quote (in any copy)?"""
-    for citation in response.citations:
-        text = documents[citation.doc_id].text
+    """Does a returned citation span cover at least half of a gold quote?"""
+    return _covers([(c.doc_id, c.start, c.end) for c in response.citations], quotes, documents)
+
+
+def quote_in_evidence(response: AnswerResponse, quotes: list[Quote], documents: dict) -> bool:
+    """Was at least half of a gold quote among the evidence sentences the answer was chosen
+    from? The figure that caps every reader: what the model never sees it cannot answer."""
+    return _covers([(e.doc_id, e.start, e.end) for e in response.evidence], quotes, documents)
+
+
+def _covers(spans: list[tuple[str, int, int]], quotes: list[Quote], documents: dict) -> bool:
+    # By text, so that a span in one copy of a scraped-twice article covers the quote in the other.
+    for doc_id, start, end in spans:
+        text = documents[doc_id].text
         for quote in quotes:
             at = text.find(quote.quote)
             if at >= 0:
-                overlap = min(at + len(quote.quote), citation.end) - max(at, citation.start)
+                overlap = min(at + len(quote.quote), end) - max(at, start)
                 if overlap >= len(quote.quote) / 2:
                     return True
     return False
@@ -170,6 +182,19 @@ def cited_passages(response: AnswerResponse, documents: dict) -> list[tuple[str,
     return out
 
 
+def raw_cited_passages(response: AnswerResponse, documents: dict) -> list[tuple[str, tuple[str, ...]]]:
+    """As `cited_passages`, for the answer as the model wrote it (`raw_answer`), before the
+    verifier repaired its citations: what the model did, not what the service delivered."""
+    out = []
+    for sentence in parse_answer(response.raw_answer or ""):
+        numbers = [n for n in sentence.numbers if 1 <= n <= len(response.passages)]
+        if not numbers and not makes_claim(sentence.text, set()):
+            continue
+        hits = [response.passages[n - 1] for n in numbers]
+        out.append((sentence.text, tuple(documents[h.doc_id].text[h.start : h.end] for h in hits)))
+    return out
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -191,6 +216,10 @@ def evaluate_questions(
         citation_recall, citation_precision = (
             (None, None) if response.abstained else alce_citation_scores(cited_passages(response, documents), entails)
         )
+        raw_recall, raw_precision = (
+            (None, None) if response.abstained or not response.raw_answer
+            else alce_citation_scores(raw_cited_passages(response, documents), entails)
+        )
         rows.append({
             "id": q.id,
             "question": q.question,
@@ -202,6 +231,8 @@ def evaluate_questions(
             "token_f1": max((token_f1(response.answer, a) for a in q.answers), default=0.0) if q.answerable and not response.abstained else 0.0,
             "token_recall": max((token_recall(response.answer, a) for a in q.answers), default=0.0) if q.answerable and not response.abstained else 0.0,
             "quote_cited": quote_cited(response, q.quotes, documents) if q.answerable and q.quotes else None,
+            "quote_in_evidence": quote_in_evidence(response, q.quotes, documents) if q.answerable and q.quotes else None,
+            "confidence": response.confidence,
             "claims": len(claims),
             "supported_claims": sum(s.status in ("supported", "partly") for s in claims),
             "citations": len(response.citations),
@@ -209,6 +240,8 @@ def evaluate_questions(
             "invalid_offsets": invalid,
             "citation_recall": citation_recall,
             "citation_precision": citation_precision,
+            "raw_citation_recall": raw_recall,
+            "raw_citation_precision": raw_precision,
             "first_token_ms": response.timings_ms.get("first_token"),
             "total_ms": response.timings_ms.get("total", 0.0),
         })
@@ -243,6 +276,7 @@ def summarize(rows: list[dict]) -> dict:
         return part / whole if whole else None
 
     with_quotes = [r for r in answerable if r["quote_cited"] is not None]
+    raw = [r for r in answered if r.get("raw_citation_recall") is not None]
     first_tokens = [r["first_token_ms"] for r in rows if r["first_token_ms"] is not None]
     return {
         "answer": {
@@ -255,10 +289,14 @@ def summarize(rows: list[dict]) -> dict:
             # ALCE, averaged over the answers given to answerable questions.
             "recall": statistics.fmean(r["citation_recall"] for r in answered) if answered else None,
             "precision": statistics.fmean(r["citation_precision"] for r in answered) if answered else None,
+            # The same for the model's own citations, before the verifier repaired them.
+            "raw_recall": statistics.fmean(r["raw_citation_recall"] for r in raw) if raw else None,
+            "raw_precision": statistics.fmean(r["raw_citation_precision"] for r in raw) if raw else None,
             # The service's own verdicts (against the tight spans it cites, question known).
             "service_supported_claims": share(sum(r["supported_claims"] for r in answered), sum(r["claims"] for r in answered)),
             "service_supported_citations": share(sum(r["supporting_citations"] for r in answered), sum(r["citations"] for r in answered)),
             "quote_in_span": share(sum(bool(r["quote_cited"]) for r in with_quotes), len(with_quotes)),
+            "quote_in_evidence": share(sum(bool(r.get("quote_in_evidence")) for r in with_quotes), len(with_quotes)),
             "invalid_offsets": sum(r["invalid_offsets"] for r in rows),
         },
         "abstention": {
@@ -278,6 +316,7 @@ def summarize(rows: list[dict]) -> dict:
 CHART_METRICS = [
     ("answer", "accuracy", "answer accuracy"),
     ("answer", "token_recall", "gold-answer token recall"),
+    ("citations", "quote_in_evidence", "gold quote in the evidence"),
     ("citations", "quote_in_span", "gold quote cited"),
     ("citations", "recall", "citation recall"),
     ("citations", "precision", "citation precision"),

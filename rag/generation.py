@@ -4,8 +4,10 @@ GenerationError, which the answerer may answer with its extractive fallback."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rag.config import LocalLLMSettings
 from rag.errors import BadInputError, RagError
@@ -39,6 +41,35 @@ def check_model(model: str, api_base: str | None) -> None:
         raise BadInputError(UNKNOWN_MODEL.format(model=model)) from None
 
 
+def first_token_probabilities(
+    messages: list[dict[str, str]],
+    model: str,
+    api_base: str | None,
+    timeout_s: float,
+    local_settings: LocalLLMSettings | None = None,
+    top: int = 20,
+) -> dict[str, float]:
+    """The model's probabilities for the first token of its reply ({token text: p}, its `top`
+    likeliest tokens): one forward pass over the prompt, nothing generated. Needs a provider
+    that returns logprobs (the embedded model, OpenAI-compatible servers)."""
+    with _llm_errors(model, timeout_s):
+        response = _completion(
+            messages, model, api_base, local_settings, temperature=0.0, max_tokens=1, timeout=timeout_s,
+            stream=False, logprobs=True, top_logprobs=top,
+        )
+        logprobs = response.choices[0].logprobs if response.choices else None
+        content = (logprobs.get("content") if isinstance(logprobs, dict) else getattr(logprobs, "content", None)) or []
+        if not content:
+            raise GenerationError(f"model '{model}' returned no token probabilities")
+        first = content[0]
+        alternatives = first.get("top_logprobs") if isinstance(first, dict) else first.top_logprobs
+        probabilities: dict[str, float] = {}
+        for item in alternatives or []:
+            token, logprob = (item["token"], item["logprob"]) if isinstance(item, dict) else (item.token, item.logprob)
+            probabilities[token] = probabilities.get(token, 0.0) + math.exp(logprob)
+        return probabilities
+
+
 def stream_completion(
     messages: list[dict[str, str]],
     model: str,
@@ -50,30 +81,47 @@ def stream_completion(
     logit_bias: object | None = None,
 ) -> Iterator[str]:
     """Yield the answer text piece by piece. `logit_bias` is passed on as the provider takes it."""
-    import litellm
-
-    from rag.local_llm import as_rag_error, is_local_model, register_local_provider
-
-    litellm.suppress_debug_info = True
-    if is_local_model(model):
-        register_local_provider(local_settings)
-    try:
-        stream = litellm.completion(
-            model=model,
-            messages=messages,
-            api_base=api_base,
-            # OpenAI-compatible local servers take any key; litellm insists on one.
-            api_key="not-needed" if api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY") else None,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            timeout=timeout_s,
-            stream=True,
-            **({"logit_bias": logit_bias} if logit_bias is not None else {}),
+    with _llm_errors(model, timeout_s):
+        stream = _completion(
+            messages, model, api_base, local_settings, temperature=temperature, max_tokens=max_tokens,
+            timeout=timeout_s, stream=True, **({"logit_bias": logit_bias} if logit_bias is not None else {}),
         )
         for chunk in stream:
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if delta:
                 yield delta
+
+
+def _completion(
+    messages: list[dict[str, str]], model: str, api_base: str | None, local_settings: LocalLLMSettings | None, **options: object
+):
+    import litellm
+
+    from rag.local_llm import is_local_model, register_local_provider
+
+    litellm.suppress_debug_info = True
+    if is_local_model(model):
+        register_local_provider(local_settings)
+    return litellm.completion(
+        model=model,
+        messages=messages,
+        api_base=api_base,
+        # OpenAI-compatible local servers take any key; litellm insists on one.
+        api_key="not-needed" if api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY") else None,
+        **options,
+    )
+
+
+@contextmanager
+def _llm_errors(model: str, timeout_s: float) -> Iterator[None]:
+    """Provider failures as one-line RagErrors: bad credentials or an unknown model are bad
+    input; everything else is this call's failure (GenerationError)."""
+    import litellm
+
+    from rag.local_llm import as_rag_error
+
+    try:
+        yield
     except (litellm.exceptions.AuthenticationError, litellm.exceptions.PermissionDeniedError) as exc:
         raise BadInputError(f"model '{model}' refused the credentials: {_first_line(exc)}") from None
     except (litellm.exceptions.NotFoundError, litellm.exceptions.BadRequestError) as exc:
@@ -82,7 +130,7 @@ def stream_completion(
         raise GenerationError(f"model '{model}' rejected the request: {_first_line(exc)}") from None
     except litellm.exceptions.Timeout:
         raise GenerationError(f"model '{model}' did not answer within {timeout_s:g} s") from None
-    except BadInputError:
+    except (BadInputError, GenerationError):
         raise
     except Exception as exc:  # every other provider failure is this call's failure, not the user's
         error = as_rag_error(exc)

@@ -363,6 +363,8 @@ _FORWARDED = (
     "min_p",
     "repeat_penalty",
     "cache_prompt",
+    "logprobs",
+    "top_logprobs",
 )
 
 
@@ -422,6 +424,7 @@ def _fill_response(model_response: Any, data: dict, model: str) -> Any:
             Choices(
                 index=choice.get("index", index),
                 finish_reason=choice.get("finish_reason") or "stop",
+                logprobs=choice.get("logprobs"),
                 message=Message(
                     content=message.get("content"),
                     role="assistant",

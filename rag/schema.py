@@ -111,6 +111,20 @@ class Citation(BaseModel):
     origin: str = "model"
 
 
+class Evidence(BaseModel):
+    """A sentence the answer was chosen from (what the model saw, in the order it saw it)."""
+
+    number: int  # the label the model saw
+    passage: int  # 1-based position in AnswerResponse.passages
+    doc_id: str
+    chunk_id: str
+    start: int  # document_text[start:end] == text
+    end: int
+    text: str
+    score: float  # relevance to the question
+    probability: float | None = None  # the model's probability that this sentence answers
+
+
 class AnswerSentence(BaseModel):
     text: str
     start: int  # offsets into AnswerResponse.answer
@@ -133,3 +147,9 @@ class AnswerResponse(BaseModel):
     passages: list[SearchHit] = Field(default_factory=list)
     notice: str | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    # The calibrated probability that a chosen answer is right (rag/decision.py); None when the
+    # strategy has no calibrated decision (generate, extractive).
+    confidence: float | None = None
+    evidence: list[Evidence] = Field(default_factory=list)
+    # The answer as the model wrote it, before citation repair; its [n] count in `passages`.
+    raw_answer: str | None = None

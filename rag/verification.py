@@ -85,10 +85,24 @@ def names_not_in(question: str, documents: list[str]) -> list[str]:
     folded = [fold(document) for document in documents]
 
     def named(word: str) -> bool:
-        return any(re.search(rf"\b{re.escape(fold(word))}\b", document) for document in folded)
+        # A capitalised plural ("Military Regions") names what the documents write in the singular.
+        forms = {fold(word), *singulars(fold(word))}
+        return any(re.search(rf"\b{re.escape(form)}\b", document) for document in folded for form in forms)
 
     unnamed = [" ".join(w.group() for w in run if not named(w.group())) for run in runs if len(run) >= 2]
     return [name for name in unnamed if name]
+
+
+def singulars(word: str) -> set[str]:
+    """The singular forms an English plural may have ("regions" -> "region", "cities" -> "city")."""
+    if len(word) <= 3 or not word.endswith("s") or word.endswith("ss"):
+        return set()
+    forms = {word[:-1]}
+    if word.endswith("ies"):
+        forms.add(word[:-3] + "y")
+    elif word.endswith("es"):
+        forms.add(word[:-2])
+    return forms
 
 
 def content_tokens(text: str) -> set[str]:

@@ -1,5 +1,6 @@
 """The embedded default model (local GGUF through litellm) answering for real: a question it
-can answer, one it must decline, and a document that tries to take over the prompt."""
+can answer, one it must decline, one that needs two documents, and a document that tries to
+take over the prompt."""
 
 import shutil
 
@@ -56,17 +57,13 @@ def test_instructions_inside_a_document_are_treated_as_data(tmp_path, embedder) 
     check_citations(service, response)
 
 
-def test_decline_bias_moves_the_embedded_models_decline_decision(seed_service) -> None:
-    # Unbiased, the model declines this one although passage [1] names the rank (its first token
-    # is NOT with p=0.76 vs 0.10 for the next: bench/bench_declines.py measures such odds).
-    question = (
-        "What military rank does Trần Văn Vương, Deputy Chairman of the Inspection Commission of the Central "
-        "Military Commission, hold in the Military Region 2 conference article?"
+def test_a_multi_document_question_is_answered_from_the_document_that_holds_the_answer(seed_service) -> None:
+    # The region is named in one article (001/003), the figure in another (000).
+    response = seed_service.ask(
+        "The military region that rated Điện Biên's 2021 provincial defense area exercise as excellent established "
+        "how many commune-level military party cells when it reorganized local military agencies?"
     )
-    answer = seed_service.settings.answer
-    unbiased = seed_service.settings.model_copy(update={"answer": answer.model_copy(update={"second_look": False})})
-    biased = unbiased.model_copy(update={"answer": unbiased.answer.model_copy(update={"decline_bias": -3.0})})
-    assert make_service(unbiased, seed_service.embedder).ask(question).abstained
-    response = make_service(biased, seed_service.embedder).ask(question)
-    assert not response.abstained and "Lieutenant General" in response.answer, response
+    assert not response.abstained and "529" in response.answer, response
+    assert any(c.supported and "529" in c.text for c in response.citations)
+    assert response.confidence is not None and response.evidence and response.raw_answer
     check_citations(seed_service, response)

@@ -28,6 +28,10 @@ def test_question_names_missing_from_the_sources() -> None:
     assert names_not_in("Which unit in MR2 welcomed Tết with Hanoi officials?", [PASSAGE]) == []
     # The first word is capitalised as the start of the question, not as a name.
     assert names_not_in("Which Party Committee led it?", [PASSAGE]) == []
+    # A capitalised plural is named by its singular; an unrelated name still is not.
+    assert names_not_in("How many Military Regions border Laos?", ["Military Region 2 borders Laos."]) == []
+    assert names_not_in("How many Border Cities exist?", ["The border city of Lao Cai."]) == []
+    assert names_not_in("Did the Gia Lai Regions vote?", ["Military Region 2."]) == ["Gia Lai"]
 
 
 # Latin letters as Vietnamese names use them.

@@ -76,7 +76,7 @@ def build_interface(service: RagService) -> gr.Blocks:
                             ask = gr.Button("Ask", variant="primary", elem_id="ask-button", scale=1, min_width=80)
                         new_chat = gr.Button("New conversation", size="sm", variant="secondary")
                         with gr.Accordion("Settings", open=False, elem_id="settings"):
-                            k = gr.Slider(1, 10, value=settings.answer.k, step=1, label="Passages given to the model", elem_id="k")
+                            k = gr.Slider(1, 30, value=settings.evidence.passages, step=1, label="Passages searched for evidence", elem_id="k")
                             mode = gr.Radio(MODES, value=settings.retrieval.mode, label="Search mode", elem_id="mode")
                             doc_filter = gr.Dropdown(
                                 choices=_doc_ids(service), multiselect=True, value=[], label="Only these documents", elem_id="doc-filter",
