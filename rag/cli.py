@@ -69,8 +69,7 @@ def _print_report(report: IndexReport) -> None:
         return
     out.print(
         f"Indexed {report.documents} documents into {report.index_dir}/: "
-        f"{report.chunks} passages, all searchable; {report.chunks - report.canonical_chunks} near-copies "
-        f"of others are shown together with them in results."
+        f"{report.chunks} passages ({report.chunks - report.canonical_chunks} near-copies, shown once in results)."
     )
     out.print(
         f"  added {len(report.added)}, updated {len(report.updated)}, removed {len(report.removed)}, "

@@ -13,7 +13,7 @@ import numpy as np
 
 from rag.config import BUNDLED_EMBEDDING_MODEL, Settings
 from rag.errors import IncompatibleIndexError, IndexDamagedError, RagError
-from rag.local_llm import LOCAL_PROVIDER, Progress, verify_bundled_gguf
+from rag.local_llm import BUNDLED_GGUF, LOCAL_PROVIDER, Progress, default_cache_dir, verify_bundled_gguf
 from rag.store import compatibility_problems, current_generation, read_generation
 
 # The package whose files are the bundled embedding model.
@@ -95,14 +95,17 @@ def check_answer_model(settings: Settings, progress: Progress | None = None) -> 
         else:
             check.detail = f"{gguf} is a GGUF file"
         return check
+    assembled = ((settings.local_llm.cache_dir or default_cache_dir()).expanduser() / BUNDLED_GGUF.filename).is_file()
     try:
         problem = verify_bundled_gguf(settings.local_llm.cache_dir, progress)
     except RagError as exc:
         problem = str(exc)
     if problem:
         check.problems.append(problem)
+    elif assembled:
+        check.detail = "the bundled GGUF matches its sha256"
     else:
-        check.detail = "the bundled GGUF matches its sha256 (or is assembled, and checked, on first use)"
+        check.detail = "the bundled GGUF's packages are installed; it is assembled and checked on first use"
     return check
 
 
