@@ -5,10 +5,10 @@ atomically replacing the `CURRENT` pointer file, so a crash or an exception at a
 leaves the previous index loadable. Writers take a lock so two builds never interleave.
 
 The manifest records the size and checksum of every other file of its generation and the
-counts they must agree on. Loading verifies all of it (checksums included: a blake2b pass over
-the files costs little next to reading them, bench/RESULTS.md), so a truncated or overwritten
-file, a FAISS file copied from another index or shifted chunk offsets stop a search with a
-one-line error instead of returning wrong passages."""
+counts they must agree on. Loading verifies all of it, checksums included (xxh3: a few percent
+of loading a SciFact index, where blake2b took a third; bench/RESULTS.md), so a truncated or
+overwritten file, a FAISS file copied from another index or shifted chunk offsets stop a search
+with a one-line error instead of returning wrong passages."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from pathlib import Path
 import bm25s
 import faiss
 import numpy as np
+import xxhash
 from pydantic import BaseModel, Field
 
 from rag.config import ChunkingSettings, CleaningSettings, Settings
@@ -45,7 +46,7 @@ MANIFEST = "manifest.json"
 
 class FileRecord(BaseModel):
     size: int
-    blake2b: str
+    xxh3_128: str
 
 
 class Manifest(BaseModel):
@@ -173,12 +174,12 @@ def _read_manifest(generation: Path) -> Manifest:
 
 def file_checksum(path: Path) -> str:
     with path.open("rb") as handle:
-        return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+        return hashlib.file_digest(handle, xxhash.xxh3_128).hexdigest()
 
 
 def file_records(generation: Path) -> dict[str, FileRecord]:
     return {
-        path.relative_to(generation).as_posix(): FileRecord(size=path.stat().st_size, blake2b=file_checksum(path))
+        path.relative_to(generation).as_posix(): FileRecord(size=path.stat().st_size, xxh3_128=file_checksum(path))
         for path in sorted(generation.rglob("*"))
         if path.is_file() and path.name != MANIFEST
     }
@@ -198,7 +199,7 @@ def file_problems(generation: Path, manifest: Manifest) -> list[str]:
             continue
         if size != record.size:
             problems.append(f"{name} is {size} bytes, the build wrote {record.size}")
-        elif file_checksum(path) != record.blake2b:
+        elif file_checksum(path) != record.xxh3_128:
             problems.append(f"{name} does not match its checksum")
     return problems
 
