@@ -83,25 +83,28 @@ def corpus_fingerprint(documents: dict[str, Document]) -> str:
     return digest.hexdigest()
 
 
-def _previous_index(settings: Settings, rebuild: bool, report: IndexReport) -> IndexData | None:
+def _previous_index(settings: Settings, rebuild: bool, report: IndexReport) -> tuple[IndexData | None, Path | None]:
+    """The index to update, and the current generation when it is damaged (to be discarded)."""
     if rebuild:
         report.rebuilt_because.append("--rebuild")
-        return None
+        return None, None
     try:
-        return read_index(settings.index.dir)
+        return read_index(settings.index.dir), None
     except IndexMissingError:
-        return None
+        return None, None
     except IncompatibleIndexError as exc:
         report.rebuilt_because.append(str(exc))
-        return None
+        return None, None
     except IndexDamagedError as exc:
-        return _last_sound_generation(settings, exc, report)
+        damaged = current_generation(settings.index.dir)
+        return _last_sound_generation(settings, damaged, exc, report), damaged
 
 
-def _last_sound_generation(settings: Settings, damage: IndexDamagedError, report: IndexReport) -> IndexData | None:
+def _last_sound_generation(
+    settings: Settings, damaged: Path | None, damage: IndexDamagedError, report: IndexReport
+) -> IndexData | None:
     """The newest older generation that passes every check, so its documents and vectors are
     reused; None when there is none and the corpus must be indexed afresh."""
-    damaged = current_generation(settings.index.dir)
     for generation in generations(settings.index.dir):
         if generation == damaged:
             continue
@@ -130,7 +133,7 @@ def update_index(
     report = IndexReport(index_dir=str(index_dir))
     clock = time.perf_counter()
     with writer_lock(index_dir):
-        previous = _previous_index(settings, rebuild, report)
+        previous, damaged = _previous_index(settings, rebuild, report)
         fingerprint = model_fingerprint(settings.embedding.model)
         old_docs = dict(previous.documents) if previous else {}
         docs = dict(old_docs)
@@ -178,7 +181,7 @@ def update_index(
 
         data = _build(settings, docs, previous, fingerprint, embedder_factory, progress, report)
         clock = time.perf_counter()
-        write_index(index_dir, data)
+        write_index(index_dir, data, discard=damaged)
         report.seconds["write"] = time.perf_counter() - clock
         report.written = True
         return report

@@ -41,9 +41,9 @@ def load_lexical_index(path: Path) -> bm25s.BM25:
 
 
 def lexical_size(index: bm25s.BM25) -> int:
-    """Rows the index holds; the placeholder row of an empty corpus (it has no terms) does not count."""
+    """Rows the index holds; the placeholder row of an empty corpus (only the empty term) does not count."""
     rows = int(index.scores["num_docs"])
-    return 0 if rows == 1 and index.scores["data"].size == 0 else rows
+    return 0 if rows == 1 and set(index.vocab_dict) == {""} else rows
 
 
 def lexical_scores(index: bm25s.BM25, query: str, size: int) -> np.ndarray:

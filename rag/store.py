@@ -259,8 +259,9 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_index(index_dir: Path, data: IndexData) -> Path:
-    """Write a new generation and publish it; the caller holds `writer_lock`."""
+def write_index(index_dir: Path, data: IndexData, discard: Path | None = None) -> Path:
+    """Write a new generation and publish it, then delete `discard` (a damaged generation, so
+    that the sound one before it is the one kept beside the new); the caller holds `writer_lock`."""
     name = f"gen-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     staging = index_dir / f".tmp-{name}"
     staging.mkdir(parents=True)
@@ -282,6 +283,8 @@ def write_index(index_dir: Path, data: IndexData) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if discard is not None:
+        shutil.rmtree(discard, ignore_errors=True)
     _collect_garbage(index_dir, keep=name)
     return index_dir / name
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import SEEDS, make_service, make_settings
 
 from rag.errors import IndexDamagedError
-from rag.store import MANIFEST, current_generation, file_records, read_index
+from rag.store import MANIFEST, current_generation, file_records, generations, read_index
 
 pytestmark = pytest.mark.slow
 
@@ -145,6 +145,7 @@ def test_search_on_a_damaged_index_is_one_clear_error(index_dir, embedder) -> No
 
 def test_index_recovers_from_the_previous_generation_reusing_its_vectors(built, index_dir, embedder) -> None:
     damaged = current_generation(index_dir)
+    previous = next(g for g in generations(index_dir) if g != damaged)
     scramble(damaged / "vectors.npy")
     service = make_service(make_settings(index_dir, built / "corpus"), embedder)
     report = service.update(paths=[built / "corpus"])
@@ -153,7 +154,8 @@ def test_index_recovers_from_the_previous_generation_reusing_its_vectors(built, 
     assert "rebuilt from the previous generation" in report.rebuilt_because[0]
     # The older generation lacked new.txt: only its passage is embedded again.
     assert report.added == ["new.txt"] and report.embedded == 1
-    assert current_generation(index_dir) != damaged
+    # The damaged generation is gone; the sound one stays beside the new one as its fallback.
+    assert [g.name for g in generations(index_dir)][1:] == [previous.name] and not damaged.exists()
     assert service.search("solar panels lighthouse", k=1).results[0].doc_id == "new.txt"
 
 
@@ -164,6 +166,15 @@ def test_index_rebuilds_from_the_documents_when_no_generation_is_sound(built, in
     report = service.update(paths=[built / "corpus"])
     assert report.written and "rebuilt from the documents" in report.rebuilt_because[0]
     assert len(read_index(index_dir).documents) == 6
+
+
+def test_an_emptied_index_is_sound(tmp_path, embedder) -> None:
+    (tmp_path / "only.txt").write_text(NEW_DOC, encoding="utf-8")
+    service = make_service(make_settings(tmp_path / "index", tmp_path), embedder)
+    service.update(paths=[tmp_path / "only.txt"])
+    service.update(remove=["only.txt"])
+    data = read_index(tmp_path / "index")  # BM25 keeps a placeholder row: not a count mismatch
+    assert data.chunks == [] and data.dense.ntotal == 0
 
 
 # --------------------------------------------------------------------------- the real command
