@@ -143,7 +143,7 @@ def doctor(index_dir: IndexDirOption = None) -> None:
     """Check the index (checksums, counts, offsets) and the model files; exit 1 when something is wrong."""
     from rag.doctor import diagnose
 
-    progress = _progress_bar("Checking the local model")
+    progress = _progress_bar("Checking")
     task = progress.add_task("hash", total=None)
     with progress:
         checks = diagnose(_settings(index_dir), lambda done, total: progress.update(task, completed=done, total=total))

@@ -114,7 +114,7 @@ def _last_sound_generation(
             continue
         report.rebuilt_because.append(f"{damage.summary}; rebuilt from the previous generation {generation.name}")
         return data
-    report.rebuilt_because.append(f"{damage.summary}; rebuilt from the documents")
+    report.rebuilt_because.append(f"{damage.summary}; no sound generation left, rebuilt from the documents given")
     return None
 
 

@@ -164,7 +164,7 @@ def test_index_rebuilds_from_the_documents_when_no_generation_is_sound(built, in
         truncate(generation / "chunks.jsonl")
     service = make_service(make_settings(index_dir, built / "corpus"), embedder)
     report = service.update(paths=[built / "corpus"])
-    assert report.written and "rebuilt from the documents" in report.rebuilt_because[0]
+    assert report.written and "rebuilt from the documents given" in report.rebuilt_because[0]
     assert len(read_index(index_dir).documents) == 6
 
 
