@@ -143,6 +143,19 @@ def test_search_on_a_damaged_index_is_one_clear_error(index_dir, embedder) -> No
         service.search("border guard")
 
 
+def test_the_api_answers_a_damaged_index_with_a_one_line_json_error(index_dir, embedder) -> None:
+    from fastapi.testclient import TestClient
+
+    from rag.api import create_api
+
+    shift_offsets(current_generation(index_dir))
+    client = TestClient(create_api(make_service(make_settings(index_dir), embedder)))
+    response = client.post("/search", json={"query": "border guard"})
+    assert response.status_code == 500
+    detail = response.json()["detail"]
+    assert "is damaged (chunks.jsonl" in detail and detail.endswith("run `rag index`") and "\n" not in detail
+
+
 def test_index_recovers_from_the_previous_generation_reusing_its_vectors(built, index_dir, embedder) -> None:
     damaged = current_generation(index_dir)
     previous = next(g for g in generations(index_dir) if g != damaged)
