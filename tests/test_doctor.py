@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rag.config import Settings
-from rag.doctor import check_answer_model, package_problems
+from rag.doctor import check_answer_model, check_index, package_problems
 from rag.local_llm import BUNDLED_GGUF
 
 
@@ -67,3 +67,13 @@ def test_a_remote_answer_model_has_no_files_to_check() -> None:
     settings = Settings()
     settings.answer.model = "openai/gpt-4o-mini"
     assert check_answer_model(settings).problems == []
+
+
+def test_index_check_names_a_missing_index_and_a_dangling_pointer(tmp_path) -> None:
+    settings = Settings()
+    settings.index.dir = tmp_path / "index"
+    assert "no index in" in check_index(settings).problems[0]
+    settings.index.dir.mkdir()
+    (settings.index.dir / "CURRENT").write_text("gen-20260101T000000-deadbeef")
+    problems = check_index(settings).problems
+    assert len(problems) == 1 and "the generation CURRENT names is missing; run `rag index`" in problems[0]

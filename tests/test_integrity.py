@@ -172,6 +172,14 @@ def test_index_recovers_from_the_previous_generation_reusing_its_vectors(built, 
     assert service.search("solar panels lighthouse", k=1).results[0].doc_id == "new.txt"
 
 
+def test_a_missing_current_generation_is_damage_and_the_previous_one_takes_over(built, index_dir, embedder) -> None:
+    shutil.rmtree(current_generation(index_dir))
+    with pytest.raises(IndexDamagedError, match="the generation CURRENT names is missing"):
+        read_index(index_dir)
+    report = make_service(make_settings(index_dir, built / "corpus"), embedder).update(paths=[built / "corpus"])
+    assert "rebuilt from the previous generation" in report.rebuilt_because[0] and report.embedded == 1
+
+
 def test_index_rebuilds_from_the_documents_when_no_generation_is_sound(built, index_dir, embedder) -> None:
     for generation in index_dir.glob("gen-*"):
         truncate(generation / "chunks.jsonl")
