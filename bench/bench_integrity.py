@@ -30,7 +30,15 @@ from rag.indexing import update_index
 from rag.local_llm import BUNDLED_GGUF, default_cache_dir, verify_bundled_gguf
 from rag.retrieval import Retriever
 from rag.schema import Chunk
-from rag.store import MANIFEST, content_problems, current_generation, file_problems, file_records, read_generation
+from rag.store import (
+    MANIFEST,
+    content_problems,
+    current_generation,
+    file_problems,
+    file_records,
+    read_generation,
+    read_index,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DIMENSION = 384  # all-MiniLM-L6-v2
@@ -141,6 +149,7 @@ def damage_cases(foreign_faiss: Path) -> dict[str, Callable[[Path], None]]:
     cases["dense.faiss from another index, manifest re-signed"] = lambda g: (shutil.copy(foreign_faiss, g / "dense.faiss"), resign(g))
     cases["offsets of one chunk shifted by 3"] = shift_offsets
     cases["offsets shifted, manifest re-signed"] = lambda g: (shift_offsets(g), resign(g))
+    cases["generation folder deleted (CURRENT names a missing one)"] = shutil.rmtree
     return cases
 
 
@@ -150,7 +159,7 @@ def damage_row(case: str, damage: Callable[[Path], None], pristine: Path, corpus
     shutil.copytree(pristine, index_dir)
     damage(current_generation(index_dir))
     try:
-        read_generation(current_generation(index_dir))
+        read_index(index_dir)
         noticed = "**not noticed**"
     except IndexDamagedError as exc:
         noticed = exc.problems[0]
@@ -159,7 +168,7 @@ def damage_row(case: str, damage: Callable[[Path], None], pristine: Path, corpus
     report = update_index(settings, paths=[corpus], embedder_factory=StandInEmbedder)
     # The warning's last part, without the generation's (random) name.
     recovered = report.rebuilt_because[0].rsplit("; ", 1)[-1].split(" gen-")[0] if report.rebuilt_because else "nothing done"
-    read_generation(current_generation(index_dir))  # sound again, or this raises
+    read_index(index_dir)  # sound again, or this raises
     return [case, noticed.replace("|", "\\|"), f"{recovered}, embedded {report.embedded}"]
 
 
