@@ -65,12 +65,11 @@ def _print_report(report: IndexReport) -> None:
     for reason in report.rebuilt_because:
         err.print(f"[yellow]rebuilding:[/] {escape(reason)}")
     if not report.written:
-        out.print(f"Index in {report.index_dir}/ is up to date: {report.documents} documents, {report.canonical_chunks} passages.")
+        out.print(f"Index in {report.index_dir}/ is up to date: {report.documents} documents, {report.chunks} passages.")
         return
     out.print(
         f"Indexed {report.documents} documents into {report.index_dir}/: "
-        f"{report.chunks} chunks, {report.canonical_chunks} unique passages "
-        f"({report.chunks - report.canonical_chunks} near-duplicates folded)."
+        f"{report.chunks} passages ({report.chunks - report.canonical_chunks} near-copies, shown once in results)."
     )
     out.print(
         f"  added {len(report.added)}, updated {len(report.updated)}, removed {len(report.removed)}, "
@@ -137,6 +136,24 @@ def docs(index_dir: IndexDirOption = None, as_json: JsonOption = False) -> None:
     for info in infos:
         table.add_row(escape(info.doc_id), escape(info.title), str(info.chunks), str(info.duplicate_chunks), str(info.chars))
     out.print(table)
+
+
+@app.command()
+def doctor(index_dir: IndexDirOption = None) -> None:
+    """Check the index (checksums, counts, offsets) and the model files; exit 1 when something is wrong."""
+    from rag.doctor import diagnose
+
+    progress = _progress_bar("Checking")
+    task = progress.add_task("hash", total=None)
+    with progress:
+        checks = diagnose(_settings(index_dir), lambda done, total: progress.update(task, completed=done, total=total))
+    for check in checks:
+        for problem in check.problems:
+            out.print(f"[red]✗ {check.name}:[/] {escape(problem)}", soft_wrap=True)
+        if not check.problems:
+            out.print(f"[green]✓ {check.name}:[/] {escape(check.detail)}", soft_wrap=True)
+    if any(check.problems for check in checks):
+        raise SystemExit(1)
 
 
 @app.command()

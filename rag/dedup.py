@@ -1,8 +1,9 @@
 """Group near-identical chunks (MinHash LSH over word 3-shingles, datasketch).
 
-The first chunk of a group in (doc_id, start) order is canonical and goes into the indexes;
-the others are recorded as its copies, so a result list shows a passage once and a citation
-can still name every document that holds it."""
+Every chunk stays in the indexes, since a near-copy may hold a word the others lack and must
+remain findable; the groups only collapse search results. The first chunk of a group in
+(doc_id, start) order records where its copies live and each copy names it in `duplicate_of`,
+so a result list shows a passage once and still names every document that holds it."""
 
 from __future__ import annotations
 

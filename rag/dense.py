@@ -1,5 +1,5 @@
 """FAISS inner-product index over unit vectors (cosine similarity): exact by default,
-HNSW or IVF for large collections. Row ids are positions in the canonical chunk list."""
+HNSW or IVF for large collections. Row ids are positions in the chunk list."""
 
 from __future__ import annotations
 

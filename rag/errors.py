@@ -28,3 +28,16 @@ class UnknownDocumentError(BadInputError):
 
 class PayloadTooLargeError(BadInputError):
     """An upload over the configured size limit (HTTP 413)."""
+
+
+class IndexDamagedError(RagError):
+    """A generation whose files do not match its manifest: truncated, overwritten, mixed up
+    with another index's, or offsets that no longer reproduce their text."""
+
+    def __init__(self, where: str, problems: list[str]):
+        more = f" and {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""
+        # Without the advice, for `rag index` to say how it recovered instead.
+        self.summary = f"index in {where} is damaged ({problems[0]}{more})"
+        self.where = where
+        self.problems = problems
+        super().__init__(f"{self.summary}; run `rag index`")

@@ -1,10 +1,11 @@
-"""Build and update the index: load -> clean -> chunk -> dedup -> embed -> FAISS + BM25 -> store.
+"""Build and update the index: load -> clean -> chunk -> group near-copies -> embed -> FAISS + BM25 -> store.
 
 Updates are incremental where it matters: the whole corpus is re-cleaned and re-chunked
 (cheap, and cleaning looks across documents), but a chunk is embedded only if no vector for
 its exact text and model exists in the previous index. FAISS and BM25 are rebuilt from the
 resulting chunk list every time, so removed or changed documents cannot leave stale or
-duplicated chunks behind."""
+duplicated chunks behind. A damaged index is rebuilt from the newest generation that is still
+sound, or else from the corpus alone."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from rag.config import Settings
 from rag.dedup import group_duplicates
 from rag.dense import build_dense_index
 from rag.embedding import Embedder, embedding_key, model_fingerprint
-from rag.errors import BadInputError, IncompatibleIndexError, IndexMissingError
+from rag.errors import BadInputError, IncompatibleIndexError, IndexDamagedError, IndexMissingError
 from rag.lexical import build_lexical_index
 from rag.loading import load_paths
 from rag.schema import Chunk, Document
@@ -32,8 +33,11 @@ from rag.store import (
     IndexData,
     Manifest,
     compatibility_problems,
+    current_generation,
+    generations,
     new_manifest_time,
     package_versions,
+    read_generation,
     read_index,
     write_index,
     writer_lock,
@@ -79,17 +83,39 @@ def corpus_fingerprint(documents: dict[str, Document]) -> str:
     return digest.hexdigest()
 
 
-def _previous_index(settings: Settings, rebuild: bool, report: IndexReport) -> IndexData | None:
+def _previous_index(settings: Settings, rebuild: bool, report: IndexReport) -> tuple[IndexData | None, Path | None]:
+    """The index to update, and the current generation when it is damaged (to be discarded)."""
     if rebuild:
         report.rebuilt_because.append("--rebuild")
-        return None
+        return None, None
     try:
-        return read_index(settings.index.dir)
+        return read_index(settings.index.dir), None
     except IndexMissingError:
-        return None
+        return None, None
     except IncompatibleIndexError as exc:
         report.rebuilt_because.append(str(exc))
-        return None
+        return None, None
+    except IndexDamagedError as exc:
+        damaged = current_generation(settings.index.dir)
+        return _last_sound_generation(settings, damaged, exc, report), damaged
+
+
+def _last_sound_generation(
+    settings: Settings, damaged: Path | None, damage: IndexDamagedError, report: IndexReport
+) -> IndexData | None:
+    """The newest older generation that passes every check, so its documents and vectors are
+    reused; None when there is none and the corpus must be indexed afresh."""
+    for generation in generations(settings.index.dir):
+        if generation == damaged:
+            continue
+        try:
+            data = read_generation(generation)
+        except (IndexDamagedError, IncompatibleIndexError):
+            continue
+        report.rebuilt_because.append(f"{damage.summary}; rebuilt from the previous generation {generation.name}")
+        return data
+    report.rebuilt_because.append(f"{damage.summary}; no sound generation left, rebuilt from the documents given")
+    return None
 
 
 def update_index(
@@ -107,7 +133,7 @@ def update_index(
     report = IndexReport(index_dir=str(index_dir))
     clock = time.perf_counter()
     with writer_lock(index_dir):
-        previous = _previous_index(settings, rebuild, report)
+        previous, damaged = _previous_index(settings, rebuild, report)
         fingerprint = model_fingerprint(settings.embedding.model)
         old_docs = dict(previous.documents) if previous else {}
         docs = dict(old_docs)
@@ -145,7 +171,8 @@ def update_index(
 
         problems = compatibility_problems(previous.manifest, settings, fingerprint) if previous else []
         report.rebuilt_because.extend(problems)
-        changed = report.added or report.updated or report.removed or problems or previous is None
+        # rebuilt_because also holds damage recovered from: the damaged generation must be replaced.
+        changed = report.added or report.updated or report.removed or report.rebuilt_because or previous is None
         report.documents = len(docs)
         if not changed:
             report.chunks = previous.manifest.chunks
@@ -154,7 +181,7 @@ def update_index(
 
         data = _build(settings, docs, previous, fingerprint, embedder_factory, progress, report)
         clock = time.perf_counter()
-        write_index(index_dir, data)
+        write_index(index_dir, data, discard=damaged)
         report.seconds["write"] = time.perf_counter() - clock
         report.written = True
         return report
@@ -183,10 +210,10 @@ def _build(
 
     clock = time.perf_counter()
     chunks = group_duplicates(chunks, settings.index.dedup_threshold, settings.index.dedup_num_perm)
-    canonical = [c for c in chunks if c.duplicate_of is None]
+    distinct = sum(c.duplicate_of is None for c in chunks)
     report.seconds["dedup"] = time.perf_counter() - clock
 
-    texts = [embedding_text(c, docs[c.doc_id], settings.embedding.include_title) for c in canonical]
+    texts = [embedding_text(c, docs[c.doc_id], settings.embedding.include_title) for c in chunks]
     keys = [embedding_key(fingerprint, t) for t in texts]
     vectors = _vectors_for(texts, keys, previous, embedder_factory, progress, report)
 
@@ -195,7 +222,7 @@ def _build(
     lexical = build_lexical_index(texts)
     report.seconds["indexes"] = time.perf_counter() - clock
 
-    report.chunks, report.canonical_chunks = len(chunks), len(canonical)
+    report.chunks, report.canonical_chunks = len(chunks), distinct
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         created_at=new_manifest_time(),
@@ -210,10 +237,10 @@ def _build(
         corpus_fingerprint=corpus_fingerprint(docs),
         documents=len(docs),
         chunks=len(chunks),
-        canonical_chunks=len(canonical),
+        canonical_chunks=distinct,
         versions=package_versions(),
     )
-    return IndexData(manifest, docs, chunks, canonical, vectors, keys, dense, lexical)
+    return IndexData(manifest, docs, chunks, vectors, keys, dense, lexical)
 
 
 def _vectors_for(
@@ -225,8 +252,10 @@ def _vectors_for(
     report: IndexReport,
 ) -> np.ndarray:
     known = {key: row for row, key in enumerate(previous.embedding_keys)} if previous else {}
-    missing = [i for i, key in enumerate(keys) if key not in known]
-    report.reused_vectors = len(keys) - len(missing)
+    # The same text in two documents (both are indexed) has one key and is embedded once.
+    text_of = dict(zip(keys, texts))
+    missing = list(dict.fromkeys(key for key in keys if key not in known))
+    report.reused_vectors = sum(key in known for key in keys)
     report.embedded = len(missing)
     clock = time.perf_counter()
     fresh = None
@@ -245,14 +274,12 @@ def _vectors_for(
 
         if progress:
             progress(0, len(missing))
-        fresh = embedder.encode([texts[i] for i in missing], progress=advance)
+        fresh = embedder.encode([text_of[key] for key in missing], progress=advance)
     else:
         dimension = previous.vectors.shape[1]
+    fresh_row = {key: row for row, key in enumerate(missing)}
     vectors = np.zeros((len(keys), dimension), dtype=np.float32)
     for i, key in enumerate(keys):
-        if key in known:
-            vectors[i] = previous.vectors[known[key]]
-    if fresh is not None:
-        vectors[missing] = fresh
+        vectors[i] = previous.vectors[known[key]] if key in known else fresh[fresh_row[key]]
     report.seconds["embed"] = time.perf_counter() - clock
     return vectors

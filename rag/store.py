@@ -2,11 +2,18 @@
 
 Each build is written into a fresh generation folder beside the live one and published by
 atomically replacing the `CURRENT` pointer file, so a crash or an exception at any point
-leaves the previous index loadable. Writers take a lock so two builds never interleave."""
+leaves the previous index loadable. Writers take a lock so two builds never interleave.
+
+The manifest records the size and checksum of every other file of its generation and the
+counts they must agree on. Loading verifies all of it, checksums included (xxh3: a few percent
+of loading a SciFact index, where blake2b took a third; bench/RESULTS.md), so a truncated or
+overwritten file, a FAISS file copied from another index or shifted chunk offsets stop a search
+with a one-line error instead of returning wrong passages."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -21,17 +28,25 @@ from pathlib import Path
 import bm25s
 import faiss
 import numpy as np
-from pydantic import BaseModel
+import xxhash
+from pydantic import BaseModel, Field
 
 from rag.config import ChunkingSettings, CleaningSettings, Settings
 from rag.dense import load_dense_index, save_dense_index
-from rag.errors import IncompatibleIndexError, IndexMissingError, RagError
-from rag.lexical import load_lexical_index, save_lexical_index
+from rag.errors import IncompatibleIndexError, IndexDamagedError, IndexMissingError
+from rag.lexical import lexical_size, load_lexical_index, save_lexical_index
 from rag.schema import Chunk, Document
 
-FORMAT_VERSION = 1
+# 2: file checksums in the manifest; every chunk in FAISS and BM25 (near-duplicates collapse in results).
+FORMAT_VERSION = 2
 POINTER = "CURRENT"
 GENERATIONS_KEPT = 2
+MANIFEST = "manifest.json"
+
+
+class FileRecord(BaseModel):
+    size: int
+    xxh3_128: str
 
 
 class Manifest(BaseModel):
@@ -48,16 +63,17 @@ class Manifest(BaseModel):
     corpus_fingerprint: str
     documents: int
     chunks: int
-    canonical_chunks: int
+    canonical_chunks: int  # distinct passages: chunks that are no near-duplicate of an earlier one
     versions: dict[str, str]
+    # Every file of the generation but the manifest, by path relative to the generation folder.
+    files: dict[str, FileRecord] = Field(default_factory=dict)
 
 
 @dataclass
 class IndexData:
     manifest: Manifest
     documents: dict[str, Document]
-    chunks: list[Chunk]  # every chunk, copies included, in (doc_id, start) order
-    canonical: list[Chunk]  # the indexed ones; row i of vectors / FAISS / BM25
+    chunks: list[Chunk]  # in (doc_id, start) order; chunk i is row i of vectors / FAISS / BM25
     vectors: np.ndarray
     embedding_keys: list[str]
     dense: faiss.Index
@@ -104,19 +120,27 @@ def current_generation(index_dir: Path) -> Path | None:
     return generation if generation.is_dir() else None
 
 
+def generations(index_dir: Path) -> list[Path]:
+    """Published generations, newest first."""
+    return sorted(index_dir.glob("gen-*"), key=lambda p: p.name, reverse=True)
+
+
 def read_index(index_dir: Path) -> IndexData:
     generation = current_generation(index_dir)
+    if generation is None and (index_dir / POINTER).is_file():
+        raise IndexDamagedError(f"{index_dir}/", [f"the generation {POINTER} names is missing"])
     if generation is None:
         raise IndexMissingError(f"no index in {index_dir}/ yet: run `rag index` first")
-    try:
-        manifest = Manifest.model_validate_json((generation / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise IncompatibleIndexError(f"index in {index_dir}/ is unreadable ({exc.__class__.__name__}): run `rag index --rebuild`") from None
-    if manifest.format_version != FORMAT_VERSION:
-        raise IncompatibleIndexError(
-            f"index in {index_dir}/ has format {manifest.format_version}, this version reads {FORMAT_VERSION}: "
-            "run `rag index --rebuild`"
-        )
+    return read_generation(generation)
+
+
+def read_generation(generation: Path) -> IndexData:
+    """Load one generation, verified: checksums first (a damaged file is never parsed), then
+    the counts and offsets the files must agree on."""
+    manifest = _read_manifest(generation)
+    problems = file_problems(generation, manifest)
+    if problems:
+        raise IndexDamagedError(str(generation), problems)
     try:
         documents = {d.doc_id: d for d in map(Document.model_validate_json, _read_lines(generation / "documents.jsonl"))}
         chunks = [Chunk.model_validate_json(line) for line in _read_lines(generation / "chunks.jsonl")]
@@ -125,9 +149,98 @@ def read_index(index_dir: Path) -> IndexData:
         dense = load_dense_index(generation / "dense.faiss")
         lexical = load_lexical_index(generation / "bm25")
     except (OSError, ValueError, RuntimeError) as exc:
-        raise RagError(f"index in {generation} is damaged ({exc.__class__.__name__}: {exc}); run `rag index --rebuild`") from None
-    canonical = [c for c in chunks if c.duplicate_of is None]
-    return IndexData(manifest, documents, chunks, canonical, vectors, keys, dense, lexical)
+        raise IndexDamagedError(str(generation), [f"{exc.__class__.__name__}: {exc}"]) from None
+    data = IndexData(manifest, documents, chunks, vectors, keys, dense, lexical)
+    problems = content_problems(data)
+    if problems:
+        raise IndexDamagedError(str(generation), problems)
+    return data
+
+
+def _read_manifest(generation: Path) -> Manifest:
+    try:
+        raw = json.loads((generation / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise IndexDamagedError(str(generation), [f"{MANIFEST} is unreadable ({exc.__class__.__name__})"]) from None
+    found = raw.get("format_version") if isinstance(raw, dict) else None
+    if found != FORMAT_VERSION:
+        # An older build, not a damaged one: `rag index` rebuilds it without a warning.
+        raise IncompatibleIndexError(
+            f"index in {generation.parent}/ has format {found}, this version reads {FORMAT_VERSION}: run `rag index`"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValueError:
+        raise IndexDamagedError(str(generation), [f"{MANIFEST} does not fit the format"]) from None
+
+
+def file_checksum(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, xxhash.xxh3_128).hexdigest()
+
+
+def file_records(generation: Path) -> dict[str, FileRecord]:
+    return {
+        path.relative_to(generation).as_posix(): FileRecord(size=path.stat().st_size, xxh3_128=file_checksum(path))
+        for path in sorted(generation.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def file_problems(generation: Path, manifest: Manifest) -> list[str]:
+    """Files that are missing or differ from what the build wrote, one line each."""
+    if not manifest.files:
+        return [f"{MANIFEST} lists no files"]
+    problems = []
+    for name, record in manifest.files.items():
+        path = generation / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            problems.append(f"{name} is missing")
+            continue
+        if size != record.size:
+            problems.append(f"{name} is {size} bytes, the build wrote {record.size}")
+        elif file_checksum(path) != record.xxh3_128:
+            problems.append(f"{name} does not match its checksum")
+    return problems
+
+
+def row_counts(data: IndexData) -> dict[str, int]:
+    """What must all equal the number of chunks: one row per chunk in every search structure."""
+    return {
+        "chunks": len(data.chunks),
+        "manifest chunks": data.manifest.chunks,
+        "vectors": int(data.vectors.shape[0]),
+        "embedding keys": len(data.embedding_keys),
+        "FAISS": int(data.dense.ntotal),
+        "BM25": lexical_size(data.lexical),
+    }
+
+
+def content_problems(data: IndexData) -> list[str]:
+    """Counts, dimensions and offsets that disagree, one line each."""
+    problems = []
+    counts = row_counts(data)
+    if len(set(counts.values())) > 1:
+        problems.append("row counts differ: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+    if len(data.documents) != data.manifest.documents:
+        problems.append(f"{len(data.documents)} documents, the manifest says {data.manifest.documents}")
+    dimensions = {data.manifest.dimension, int(data.dense.d), int(data.vectors.shape[-1])}
+    if len(dimensions) > 1:
+        problems.append(f"vector dimensions differ: manifest {data.manifest.dimension}, FAISS {data.dense.d}, vectors {data.vectors.shape[-1]}")
+    ids = {c.chunk_id for c in data.chunks}
+    shifted = [
+        c.chunk_id
+        for c in data.chunks
+        if c.doc_id not in data.documents or data.documents[c.doc_id].text[c.start : c.end] != c.text
+    ]
+    if shifted:
+        problems.append(f"{len(shifted)} chunk(s) whose offsets do not reproduce their text (first: {shifted[0]})")
+    dangling = [c.chunk_id for c in data.chunks if c.duplicate_of is not None and c.duplicate_of not in ids]
+    if dangling:
+        problems.append(f"{len(dangling)} chunk(s) copying a chunk that is not in the index (first: {dangling[0]})")
+    return problems
 
 
 def _read_lines(path: Path) -> Iterator[str]:
@@ -148,13 +261,13 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_index(index_dir: Path, data: IndexData) -> Path:
-    """Write a new generation and publish it; the caller holds `writer_lock`."""
+def write_index(index_dir: Path, data: IndexData, discard: Path | None = None) -> Path:
+    """Write a new generation and publish it, then delete `discard` (a damaged generation, so
+    that the sound one before it is the one kept beside the new); the caller holds `writer_lock`."""
     name = f"gen-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     staging = index_dir / f".tmp-{name}"
     staging.mkdir(parents=True)
     try:
-        _write_text(staging / "manifest.json", data.manifest.model_dump_json(indent=2))
         _write_text(staging / "documents.jsonl", "".join(d.model_dump_json() + "\n" for d in data.documents.values()))
         _write_text(staging / "chunks.jsonl", "".join(c.model_dump_json() + "\n" for c in data.chunks))
         _write_text(staging / "embedding_keys.json", json.dumps(data.embedding_keys))
@@ -162,6 +275,8 @@ def write_index(index_dir: Path, data: IndexData) -> Path:
             np.save(handle, data.vectors)
         save_dense_index(data.dense, staging / "dense.faiss")
         save_lexical_index(data.lexical, staging / "bm25")
+        manifest = data.manifest.model_copy(update={"files": file_records(staging)})
+        _write_text(staging / MANIFEST, manifest.model_dump_json(indent=2))
         _fsync_tree(staging)
         staging.rename(index_dir / name)
         _write_text(index_dir / f".{POINTER}.tmp", name)
@@ -170,6 +285,8 @@ def write_index(index_dir: Path, data: IndexData) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if discard is not None:
+        shutil.rmtree(discard, ignore_errors=True)
     _collect_garbage(index_dir, keep=name)
     return index_dir / name
 
@@ -198,6 +315,5 @@ def _collect_garbage(index_dir: Path, keep: str) -> None:
     """Drop staging leftovers of crashed builds and all but the newest generations."""
     for leftover in index_dir.glob(".tmp-gen-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    generations = sorted((p for p in index_dir.glob("gen-*") if p.name != keep), key=lambda p: p.name)
-    for old in generations[: max(0, len(generations) - (GENERATIONS_KEPT - 1))]:
+    for old in [p for p in generations(index_dir) if p.name != keep][GENERATIONS_KEPT - 1 :]:
         shutil.rmtree(old, ignore_errors=True)

@@ -30,7 +30,8 @@ def all_texts(service) -> list[str]:
 def test_incremental_update_embeds_only_what_changed_and_leaves_nothing_stale(tmp_path, corpus, embedder) -> None:
     service = make_service(make_settings(tmp_path / "index", corpus), embedder)
     first = service.update(paths=[corpus])
-    assert first.written and first.embedded == first.canonical_chunks and len(first.added) == 5
+    # Every chunk is indexed; a text found in two documents is embedded once.
+    assert first.written and first.embedded == len(set(service.index.embedding_keys)) and len(first.added) == 5
 
     again = service.update(paths=[corpus])
     assert not again.written and again.embedded == 0
@@ -44,7 +45,7 @@ def test_incremental_update_embeds_only_what_changed_and_leaves_nothing_stale(tm
     assert report.added == ["new.txt"] and report.updated == ["004_a3b36d9e2d4bee8b.txt"]
     assert report.removed == ["000_c1a45aa062b469e9.txt"]
     assert report.embedded == 2  # the edited paragraph and the new document
-    assert report.reused_vectors == report.canonical_chunks - 2
+    assert report.reused_vectors == report.chunks - 2
 
     index = service.index
     assert "000_c1a45aa062b469e9.txt" not in index.documents
@@ -55,7 +56,7 @@ def test_incremental_update_embeds_only_what_changed_and_leaves_nothing_stale(tm
     assert all(h.doc_id != "000_c1a45aa062b469e9.txt" for h in hits)
     assert service.search("solar panels lighthouse", k=1).results[0].doc_id == "new.txt"
     # Every search row maps to exactly one stored passage.
-    assert index.dense.ntotal == len(index.canonical) == len(index.embedding_keys) == index.vectors.shape[0]
+    assert index.dense.ntotal == len(index.chunks) == len(index.embedding_keys) == index.vectors.shape[0]
 
 
 def test_remove_drops_a_document_and_promotes_its_copies(tmp_path, embedder) -> None:

@@ -23,6 +23,7 @@ from rag.local_llm import (
     ensure_bundled_gguf,
     register_local_provider,
     resolve_gguf,
+    verify_bundled_gguf,
 )
 
 # --------------------------------------------------------------------------- fake part packages
@@ -96,6 +97,52 @@ def test_changed_file_is_rechecked_and_rebuilt(tmp_path, monkeypatch):
     path.write_bytes(bytes(corrupt))  # same size, new mtime: the marker no longer vouches for it
     os.utime(path, ns=(1, 1))
     assert ensure_bundled_gguf(tmp_path / "cache", parts=parts).read_bytes() == b"".join(BLOBS)
+
+
+def test_verify_rehashes_behind_a_valid_marker_and_a_corrupt_file_is_assembled_again(tmp_path, monkeypatch):
+    parts = make_parts(tmp_path, monkeypatch, BLOBS)
+    path = ensure_bundled_gguf(tmp_path / "cache", parts=parts)
+    assert verify_bundled_gguf(tmp_path / "cache", parts=parts) is None
+    stat = path.stat()
+    corrupt = bytearray(path.read_bytes())
+    corrupt[5] ^= 0xFF
+    path.write_bytes(bytes(corrupt))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # damaged in place: size and mtime kept
+    assert ensure_bundled_gguf(tmp_path / "cache", parts=parts).read_bytes() == bytes(corrupt)  # the marker vouches
+    problem = verify_bundled_gguf(tmp_path / "cache", parts=parts)
+    assert problem and "does not match its sha256" in problem and "\n" not in problem
+    assert ensure_bundled_gguf(tmp_path / "cache", parts=parts).read_bytes() == b"".join(BLOBS)
+
+
+def test_verify_names_a_missing_part_before_assembly(tmp_path, monkeypatch):
+    parts = make_parts(tmp_path, monkeypatch, BLOBS)
+    parts = GGUFParts(parts.filename, parts.size, parts.sha256, (*parts.modules[:-1], "no_such_part_module"), parts.requirements)
+    with pytest.raises(RagError, match="fake-part3==0.1"):
+        verify_bundled_gguf(tmp_path / "cache", parts=parts)
+
+
+@pytest.mark.parametrize("corrupt", [True, False])
+def test_a_bundled_model_that_fails_to_load_is_rechecked(tmp_path, monkeypatch, corrupt):
+    calls: list[str] = []
+    starts = iter([RagError("cannot load local model x: bad tensor"), None])
+
+    def fake_start(self):
+        if error := next(starts):
+            raise error
+        self._server = object()
+
+    monkeypatch.setattr(local_llm, "resolve_gguf", lambda settings, progress=None: calls.append("resolve") or tmp_path / "m.gguf")
+    monkeypatch.setattr(local_llm, "verify_bundled_gguf", lambda cache_dir, progress=None: calls.append("verify") or ("corrupt" if corrupt else None))
+    monkeypatch.setattr(local_llm.LocalLLMServer, "start", fake_start)
+    monkeypatch.setattr(local_llm, "_server", None)
+    if corrupt:  # assembled again, started again
+        assert local_llm.get_local_server(LocalLLMSettings(cache_dir=tmp_path)).running
+        assert calls == ["resolve", "verify", "resolve"]
+    else:  # a sound file: the load error is the answer
+        with pytest.raises(RagError, match="bad tensor"):
+            local_llm.get_local_server(LocalLLMSettings(cache_dir=tmp_path))
+        assert calls == ["resolve", "verify"]
+    monkeypatch.setattr(local_llm, "_server", None)
 
 
 def test_checksum_mismatch_removes_file_and_says_so(tmp_path, monkeypatch):
