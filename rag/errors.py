@@ -28,3 +28,7 @@ class UnknownDocumentError(BadInputError):
 
 class PayloadTooLargeError(BadInputError):
     """An upload over the configured size limit (HTTP 413)."""
+
+
+class ServerBusyError(RagError):
+    """More answers waiting for the model than the server keeps in line (HTTP 503, Retry-After)."""

@@ -76,8 +76,10 @@ class LiveServer:
     log: Path
 
 
-# Uploads over this many bytes get 413 from the test server (kept small to test the limit).
+# Uploads over this many bytes get 413 from the test server (kept small to test the limit),
+# and so do request bodies over TEST_BODY_LIMIT.
 TEST_UPLOAD_LIMIT = 200_000
+TEST_BODY_LIMIT = 400_000
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +93,10 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = work / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_SERVER__MAX_UPLOAD_BYTES": str(TEST_UPLOAD_LIMIT)}
+    env = {
+        **os.environ, "HF_HUB_OFFLINE": "1",
+        "RAG_SERVER__MAX_UPLOAD_BYTES": str(TEST_UPLOAD_LIMIT), "RAG_SERVER__MAX_BODY_BYTES": str(TEST_BODY_LIMIT),
+    }
     with log.open("w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "rag.cli", "serve", "--port", str(port), "--corpus", str(corpus), "--index-dir", str(work / "index")],
