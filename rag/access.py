@@ -247,9 +247,11 @@ class BodyLimitMiddleware:
 
 # Pages we render ourselves (the document view, the login form) run no script at all.
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-# The Gradio interface: its own scripts, inline bootstrap and styles; nothing from elsewhere.
+# The Gradio interface: its own scripts, inline bootstrap and styles, nothing from elsewhere.
+# Gradio turns event `js=` strings (our remove confirmation among them) into functions at run
+# time, which needs 'unsafe-eval'; without it the interface does not start.
 APP_POLICY = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; font-src 'self' data:; media-src 'self' blob:; connect-src 'self'; "
     "worker-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )

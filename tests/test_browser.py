@@ -6,7 +6,9 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +29,9 @@ def page(live_server):
         )
         page = browser.new_page(viewport={"width": 1400, "height": 950})
         page.set_default_timeout(30_000)
+        # What the Content-Security-Policy blocked, for the test that the interface needs nothing more.
+        page.csp_violations = []
+        page.on("console", lambda message: "Content Security Policy" in message.text and page.csp_violations.append(message.text))
         page.goto(live_server.url + "/", wait_until="load")
         page.wait_for_selector("#question textarea")
         yield page
@@ -114,3 +119,35 @@ def test_narrow_screen_puts_sources_below_the_answer(page) -> None:
         assert sources["y"] > chat["y"] + chat["height"] and sources["width"] > 300
     finally:
         page.set_viewport_size({"width": 1400, "height": 950})
+
+
+def use_extractive_model(page) -> None:
+    if not page.locator("#model input").is_visible():
+        page.locator("#settings").click()
+    page.locator("#model input").fill("extractive")
+    page.keyboard.press("Enter")
+
+
+def test_html_planted_in_a_document_shows_as_text_in_the_answer(page, live_server) -> None:
+    planted = "The Quarnby bell foundry cast <img src=x onerror=alert(1)> 312 bronze bells in 1911.\n"
+    added = httpx.post(f"{live_server.url}/documents", files={"file": ("quarnby.txt", planted.encode(), "text/plain")}, timeout=120)
+    assert added.status_code == 201, added.text
+    alerts: list[str] = []
+    page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
+    try:
+        page.get_by_role("tab", name="Ask").click()
+        use_extractive_model(page)
+        page.locator("#question textarea").fill("How many bronze bells did the Quarnby bell foundry cast?")
+        page.locator("#ask-button").click()
+        answer = page.locator('#chat [data-testid="bot"]').last
+        expect(answer).to_contain_text("312 bronze bells", timeout=120_000)
+        expect(answer.locator("a.cite").first).to_be_visible()
+        assert "<img src=x onerror=alert(1)>" in answer.inner_text()
+        assert answer.locator("img").count() == 0 and page.locator("#sources img").count() == 0
+        assert alerts == []
+    finally:
+        httpx.delete(f"{live_server.url}/documents/quarnby.txt", timeout=120)
+
+
+def test_the_interface_works_within_its_content_security_policy(page) -> None:
+    assert page.csp_violations == []
