@@ -255,7 +255,19 @@ APP_POLICY = (
     "img-src 'self' data: blob:; font-src 'self' data:; media-src 'self' blob:; connect-src 'self'; "
     "worker-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
-PAGE_PATHS = ("/view/", LOGIN_PATH)
+# FastAPI's /docs and /redoc pages load Swagger UI and ReDoc from jsDelivr.
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src 'self' https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
+)
+
+
+def content_policy(path: str) -> str:
+    if path.startswith("/view/") or path == LOGIN_PATH:
+        return PAGE_POLICY
+    return DOCS_POLICY if path in ("/docs", "/redoc") else APP_POLICY
 
 
 class SecurityHeadersMiddleware:
@@ -269,7 +281,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        policy = PAGE_POLICY if scope["path"].startswith(PAGE_PATHS) else APP_POLICY
+        policy = content_policy(scope["path"])
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -277,7 +289,9 @@ class SecurityHeadersMiddleware:
                 headers.setdefault("Content-Security-Policy", policy)
                 headers.setdefault("X-Content-Type-Options", "nosniff")
                 headers.setdefault("X-Frame-Options", "DENY")
-                headers.setdefault("Referrer-Policy", "no-referrer")
+                # same-origin, not no-referrer: under no-referrer browsers send `Origin: null`
+                # with form posts, and the login form would be refused as cross-origin.
+                headers.setdefault("Referrer-Policy", "same-origin")
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

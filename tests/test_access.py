@@ -12,11 +12,11 @@ import sys
 import threading
 
 import pytest
-from conftest import ROOT, make_service, make_settings
+from conftest import ADMIN_KEY, READ_KEY, ROOT, make_service, make_settings
 from fastapi.testclient import TestClient
 
 from rag import answering
-from rag.access import APP_POLICY, PAGE_POLICY, SESSION_COOKIE, load_keys
+from rag.access import APP_POLICY, DOCS_POLICY, PAGE_POLICY, SESSION_COOKIE, load_keys
 from rag.api import create_api
 from rag.config import Settings
 from rag.errors import BadInputError
@@ -24,8 +24,6 @@ from ui.app import create_app
 
 pytestmark = pytest.mark.slow
 
-READ_KEY = "read-key-" + "r" * 24
-ADMIN_KEY = "admin-key-" + "a" * 24
 ALLOWED_ORIGIN = "https://app.example.org"
 QUESTION = "How many commune-level military party cells were established?"
 DOC = "000_c1a45aa062b469e9.txt"
@@ -166,11 +164,12 @@ def test_every_response_carries_security_headers(keyed) -> None:
         (keyed.get("/", headers=READ), APP_POLICY),
         (keyed.get(f"/view/{DOC}", headers=READ), PAGE_POLICY),
         (keyed.get("/login"), PAGE_POLICY),
+        (keyed.get("/docs", headers=READ), DOCS_POLICY),
     ):
         assert response.headers["content-security-policy"] == policy
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
-        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["referrer-policy"] == "same-origin"
         assert "frame-ancestors 'none'" in policy
     assert "script-src" not in PAGE_POLICY and "default-src 'none'" in PAGE_POLICY
 
