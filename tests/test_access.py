@@ -16,7 +16,7 @@ from conftest import ADMIN_KEY, READ_KEY, ROOT, make_service, make_settings
 from fastapi.testclient import TestClient
 
 from rag import answering
-from rag.access import APP_POLICY, DOCS_POLICY, PAGE_POLICY, SESSION_COOKIE, load_keys
+from rag.access import APP_POLICY, DOCS_POLICY, PAGE_POLICY, SESSION_COOKIE, is_loopback, load_keys
 from rag.api import create_api
 from rag.config import Settings
 from rag.errors import BadInputError
@@ -320,3 +320,8 @@ def test_check_input_from_stdin_is_capped() -> None:
     result = rag("check", "-", env={"RAG_VERIFICATION__MAX_CHECK_CHARS": "100"}, stdin=json.dumps({"answer": "cells " * 50}))
     assert result.returncode == 2
     assert result.stderr.decode().strip().splitlines() == ["error: stdin is over 100 characters (verification.max_check_chars)"]
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("localhost", True), ("::1", True), ("0.0.0.0", False), ("::", False)])
+def test_loopback_addresses(host, loopback) -> None:
+    assert is_loopback(host) is loopback

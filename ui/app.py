@@ -90,9 +90,9 @@ def build_interface(service: RagService, keys: Keys) -> gr.Blocks:
                                 info="Empty: all documents.",
                             )
                             model = gr.Dropdown(
-                                choices=list(dict.fromkeys([default_model, EXTRACTIVE])), value=default_model,
-                                allow_custom_value=True, label="Model", elem_id="model",
-                                info="The embedded model needs no key; `extractive` quotes the passages without an LLM; any litellm model string works (e.g. openai/gpt-4o-mini).",
+                                choices=[m for m in dict.fromkeys([default_model, EXTRACTIVE, *settings.server.allow_client_models]) if m != "*"],
+                                value=default_model, allow_custom_value=True, label="Model", elem_id="model",
+                                info="The embedded model needs no key; `extractive` quotes the passages without an LLM; other litellm model strings (e.g. openai/gpt-4o-mini) where the server allows them (server.allow_client_models).",
                             )
                     with gr.Column(scale=2, min_width=320):
                         gr.Markdown("### Sources")
