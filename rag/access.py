@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import ipaddress
 import secrets
+import socket
 from collections.abc import Iterable, Mapping
 from enum import IntEnum
 from urllib.parse import urlsplit
@@ -34,8 +36,9 @@ class Role(IntEnum):
 
 SESSION_COOKIE = "rag_session"
 LOGIN_PATH = "/login"
-# Open without a key: a load balancer's health probe, and the form to log in with.
-PUBLIC_PATHS = frozenset({"/health", LOGIN_PATH})
+LOGOUT_PATH = "/logout"
+# Open without a key: a load balancer's health probe, and logging in and out.
+PUBLIC_PATHS = frozenset({"/health", LOGIN_PATH, LOGOUT_PATH})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Gradio's upload endpoint only serves the interface's "Add documents" box.
 GRADIO_UPLOAD_PATH = "/gradio_api/upload"
@@ -106,9 +109,6 @@ def load_keys(server: ServerSettings) -> Keys:
 
 def is_loopback(host: str) -> bool:
     """Whether every address `host` stands for is a loopback one (127.0.0.1, ::1, localhost)."""
-    import ipaddress
-    import socket
-
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
     except OSError:
@@ -339,6 +339,12 @@ def login_response(keys: Keys, key: str, secure: bool) -> Response:
         return Response(login_page("That key is not valid."), status_code=401, media_type="text/html")
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(SESSION_COOKIE, keys.session_token(key), httponly=True, samesite="strict", secure=secure)
+    return response
+
+
+def logout_response() -> Response:
+    response = RedirectResponse(LOGIN_PATH, status_code=303)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
     return response
 
 

@@ -22,7 +22,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, Field
 
-from rag.access import LOGIN_PATH, Keys, check_client_model, load_keys, login_page, login_response, lone_surrogate_field, protect
+from rag.access import (
+    LOGIN_PATH, LOGOUT_PATH, Keys, check_client_model, load_keys, login_page, login_response, logout_response,
+    lone_surrogate_field, protect,
+)
 from rag.answering import EXTRACTIVE, AnswerEvent, AskOptions
 from rag.checking import CheckReport, CheckRequest
 from rag.config import SearchMode
@@ -235,7 +238,7 @@ def router(service: RagService, keys: Keys) -> APIRouter:
 
 
 def login_router(keys: Keys) -> APIRouter:
-    """The form the web interface sends a browser to when keys are set."""
+    """The form the web interface sends a browser to when keys are set, and the way out."""
     login = APIRouter(include_in_schema=False)
 
     @login.get(LOGIN_PATH, response_class=HTMLResponse)
@@ -245,6 +248,10 @@ def login_router(keys: Keys) -> APIRouter:
     @login.post(LOGIN_PATH)
     def log_in(request: Request, key: Annotated[str, Form()]) -> Response:
         return login_response(keys, key.strip(), secure=request.url.scheme == "https")
+
+    @login.get(LOGOUT_PATH)
+    def log_out() -> Response:
+        return logout_response()
 
     return login
 

@@ -133,6 +133,10 @@ def test_a_browser_logs_in_and_gets_an_http_only_strict_cookie(keyed) -> None:
     assert browser.get("/").status_code == 200  # the interface
     assert browser.get("/documents").status_code == 200
     assert browser.delete(f"/documents/{DOC}").status_code == 403  # a read-only login
+    logout = browser.get("/logout")
+    assert logout.status_code == 303 and logout.headers["location"] == "/login"
+    assert f'{SESSION_COOKIE}=""' in logout.headers["set-cookie"] and "Max-Age=0" in logout.headers["set-cookie"]
+    assert browser.get("/documents").status_code == 401
     browser.cookies.set(SESSION_COOKIE, "0" * 64)
     assert browser.get("/documents").status_code == 401
 

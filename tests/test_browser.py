@@ -203,3 +203,8 @@ def test_with_keys_the_interface_needs_a_login_and_only_an_admin_adds_documents(
     admin.wait_for_selector("#documents-status :text('kestrel.md')")
     assert "added" in admin.locator("#documents-status").inner_text()
     assert (keyed_server.corpus / "kestrel.md").exists()
+
+    admin.get_by_role("link", name="Log out").click()
+    admin.wait_for_url(keyed_server.url + "/login")
+    admin.goto(keyed_server.url + "/", wait_until="load")
+    assert admin.url == keyed_server.url + "/login"  # the cookie is gone

@@ -16,7 +16,7 @@ import gradio as gr
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from rag.access import Keys, Role, check_client_model
+from rag.access import LOGOUT_PATH, Keys, Role, check_client_model
 from rag.answering import EXTRACTIVE, AskOptions
 from rag.api import create_api
 from rag.conversation import Turn
@@ -62,8 +62,9 @@ def build_interface(service: RagService, keys: Keys) -> gr.Blocks:
         return not keys.enabled or keys.role(request.headers) == Role.ADMIN
 
     with gr.Blocks(title="Cited answers", fill_width=True) as interface:
+        logout = f'<a class="logout" href="{LOGOUT_PATH}">Log out</a>' if keys.enabled else ""
         gr.HTML(
-            '<div class="app-header"><h1>Cited answers</h1>'
+            f'<div class="app-header">{logout}<h1>Cited answers</h1>'
             "<p>Ask your documents. Every claim cites its passage, and every citation is checked against it.</p></div>"
         )
         with gr.Tabs():
