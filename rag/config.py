@@ -79,8 +79,9 @@ class VerificationSettings(BaseModel):
     threshold: float = 0.55
     # Share of lexical recall in the score; the rest is embedding cosine similarity.
     lexical_weight: float = Field(0.5, ge=0, le=1)
-    # Longest input `rag check` and POST /check accept (characters of the JSON answer or the
-    # claim): every sentence is verified against passages, so the work grows with the text.
+    # Longest input `rag check` and POST /check accept, in characters: the file or stdin that
+    # `rag check` reads, the texts (answer or claim, quotes) of a check. Every sentence is
+    # verified against passages, so the work grows with the text.
     max_check_chars: int = Field(50_000, ge=1)
 
 
