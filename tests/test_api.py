@@ -110,7 +110,7 @@ def test_follow_up_is_rewritten_with_the_conversation(api) -> None:
     ("body", "status", "message"),
     [
         ({"question": ""}, 400, "empty"),
-        ({"question": QUESTION, "model": "nosuchprovider/model"}, 400, "unknown model"),
+        ({"question": QUESTION, "model": "nosuchprovider/model"}, 400, "not offered by this server"),
         ({"question": QUESTION, "model": "extractive", "doc_ids": ["nope.md"]}, 400, "nope.md"),
     ],
 )
