@@ -139,6 +139,7 @@ def create_api(service: RagService) -> FastAPI:
         version="0.1.0",
     )
     app.state.keys = keys = load_keys(service.settings.server)
+    app.state.answer_queue = queue = AnswerQueue(service)  # shared with the web interface
     protect(app, service.settings.server, keys)
 
     @app.exception_handler(RagError)
@@ -151,7 +152,7 @@ def create_api(service: RagService) -> FastAPI:
         log.exception("request failed")
         return JSONResponse({"detail": f"unexpected {type(exc).__name__}: {exc}"}, status_code=500)
 
-    app.include_router(router(service, keys))
+    app.include_router(router(service, keys, queue))
     if keys.enabled:
         app.include_router(login_router(keys))
     return app
@@ -171,9 +172,8 @@ async def reject_lone_surrogates(request: Request) -> None:
         raise BadInputError(f"{field}: not valid Unicode text (it holds a lone surrogate such as \\ud800)")
 
 
-def router(service: RagService, keys: Keys) -> APIRouter:
+def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
     api = APIRouter(dependencies=[Depends(reject_lone_surrogates)])
-    queue = AnswerQueue(service)
     server = service.settings.server
 
     def ask_options(request: AskRequest) -> AskOptions:

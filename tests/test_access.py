@@ -329,3 +329,29 @@ def test_check_input_from_stdin_is_capped() -> None:
 @pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("localhost", True), ("::1", True), ("0.0.0.0", False), ("::", False)])
 def test_loopback_addresses(host, loopback) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_the_interface_answers_in_the_same_queue_and_changes_documents_only_for_admins(seed_service, embedder) -> None:
+    """The interface's event functions as Gradio's API calls them, with each request's key."""
+    import gradio as gr
+
+    from rag.api import AnswerQueue
+    from ui.app import build_interface
+
+    service = service_with(seed_service, embedder, api_keys=[READ_KEY], admin_keys=[ADMIN_KEY], max_queued_answers=0)
+    queue = AnswerQueue(service)
+    functions = {f.name: f.fn for f in build_interface(service, load_keys(service.settings.server), queue).fns.values()}
+    ask = functions["answer"]
+    with queue.place(None):  # the embedded model's one place is taken
+        busy = list(ask(QUESTION, [], [], 4, "hybrid", [], ""))
+        extractive = list(ask(QUESTION, [], [], 4, "hybrid", [], "extractive"))
+    assert "too many answers are waiting" in busy[-1][0][-1]["content"]
+    assert 'class="cite"' in extractive[-1][0][-1]["content"]  # needs no model: not queued
+
+    read, admin = (gr.Request(headers={"authorization": f"Bearer {key}"}) for key in (READ_KEY, ADMIN_KEY))
+    status = 3  # the status message among the outputs
+    assert "needs an admin key" in functions["add_files"](["/nonexistent/x.txt"], read)[status]
+    assert "needs an admin key" in functions["remove_document"](DOC, read)[status]
+    assert functions["add_files"](None, admin)[status] == "Choose one or more files first."
+    assert functions["remove_document"](None, admin)[status] == "Choose a document to remove."
+    assert len(service.documents()) == 5

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 
 from rag.access import LOGOUT_PATH, Keys, Role, check_client_model
 from rag.answering import EXTRACTIVE, AskOptions
-from rag.api import create_api
+from rag.api import AnswerQueue, create_api
 from rag.conversation import Turn
 from rag.errors import RagError
 from rag.schema import AnswerResponse
@@ -38,7 +38,7 @@ def create_app(service: RagService) -> FastAPI:
         return document_page(service.document(doc_id), start, end)
 
     return gr.mount_gradio_app(
-        app, build_interface(service, app.state.keys), path="/",
+        app, build_interface(service, app.state.keys, app.state.answer_queue), path="/",
         theme=_theme(), css_paths=[ASSETS / "style.css"], head=(ASSETS / "head.html").read_text(encoding="utf-8"),
         max_file_size=service.settings.server.max_upload_bytes, footer_links=["api"],
     )
@@ -53,7 +53,8 @@ def _theme() -> gr.themes.Base:
     )
 
 
-def build_interface(service: RagService, keys: Keys) -> gr.Blocks:
+def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.Blocks:
+    """The interface; its answers take their place in the API's `queue` of answers."""
     settings = service.settings
     default_model = settings.answer.model
 
@@ -141,7 +142,7 @@ def build_interface(service: RagService, keys: Keys) -> gr.Blocks:
             written = ""
             try:
                 check_client_model(settings.server, default_model, options.model, None)
-                for event in service.ask_stream(text, options, history):
+                for event in queue.held(options.model, service.ask_stream(text, options, history)):
                     if event.kind == "passages":
                         yield messages, turns, reading_html(event.passages or []), gr.skip()
                     elif event.kind == "token":
