@@ -1,28 +1,38 @@
 """The HTTP API: the same service and JSON shapes as the CLI's `--json`, with OpenAPI docs at
-/docs. Bad input is a 4xx with a one-line `detail`; nothing else ever shows a traceback.
+/docs. Bad input is a 4xx with a one-line `detail`; nothing else ever shows a traceback. Keys,
+origins, body sizes and security headers are checked around it (rag/access.py).
 
 Endpoints are plain (sync) functions, so FastAPI runs them in its thread pool: searches run
-side by side, and answers from the embedded model wait in its server's queue in arrival order."""
+side by side, and answers from the embedded model wait for it in arrival order, up to
+`server.max_queued_answers` of them; one more is refused (503) at once."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import chain
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, File, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, Field
 
-from rag.answering import AnswerEvent, AskOptions
+from rag.access import (
+    LOGIN_PATH, LOGOUT_PATH, Keys, check_client_model, load_keys, login_page, login_response, logout_response,
+    lone_surrogate_field, protect,
+)
+from rag.answering import EXTRACTIVE, AnswerEvent, AskOptions
 from rag.checking import CheckReport, CheckRequest
 from rag.config import SearchMode
 from rag.conversation import Turn
-from rag.errors import BadInputError, IndexMissingError, PayloadTooLargeError, RagError, UnknownDocumentError
+from rag.errors import (
+    BadInputError, IndexMissingError, PayloadTooLargeError, RagError, ServerBusyError, UnknownDocumentError,
+)
 from rag.indexing import IndexReport
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
 from rag.service import RagService, upload_name
@@ -57,11 +67,13 @@ class AskRequest(BaseModel):
 
 
 class Health(BaseModel):
+    """Without a key (when keys are set) only `status`: the probe is public, the rest is not."""
+
     status: str
-    documents: int
-    passages: int
-    embedding_model: str
-    answer_model: str
+    documents: int | None = None
+    passages: int | None = None
+    embedding_model: str | None = None
+    answer_model: str | None = None
 
 
 class DocumentList(BaseModel):
@@ -77,41 +89,101 @@ class IndexChange(BaseModel):
     passages: int
 
 
+# Seconds a client refused for a full answer queue is told to wait before trying again.
+BUSY_RETRY_AFTER_S = 10
+
+
 def status_code(error: RagError) -> int:
     if isinstance(error, UnknownDocumentError):
         return 404
     if isinstance(error, PayloadTooLargeError):
         return 413
-    if isinstance(error, IndexMissingError):
+    if isinstance(error, (IndexMissingError, ServerBusyError)):
         return 503
     return 400 if isinstance(error, BadInputError) else 500
 
 
+class AnswerQueue:
+    """Model answers being written or waiting for the model: at most what the model serves at
+    once plus `max_queued_answers`; one more is refused at once instead of waiting without end.
+    Extractive answers need no model and are not counted."""
+
+    def __init__(self, service: RagService) -> None:
+        settings = service.settings
+        self._places = threading.BoundedSemaphore(settings.local_llm.max_concurrent + settings.server.max_queued_answers)
+        self._default_model = settings.answer.model
+
+    @contextmanager
+    def place(self, model: str | None) -> Iterator[None]:
+        if (model or self._default_model) == EXTRACTIVE:
+            yield
+            return
+        if not self._places.acquire(blocking=False):
+            raise ServerBusyError(f"too many answers are waiting for the model; try again in {BUSY_RETRY_AFTER_S} s")
+        try:
+            yield
+        finally:
+            self._places.release()
+
+    def held(self, model: str | None, events: Iterator[AnswerEvent]) -> Iterator[AnswerEvent]:
+        """`events`, holding a place from the first event until the last."""
+        with self.place(model):
+            yield from events
+
+
 def create_api(service: RagService) -> FastAPI:
+    """The API inside its access checks (keys, origins, body size, headers: rag/access.py)."""
     app = FastAPI(
         title="Cited answers",
         summary="Questions answered with citations you can check.",
         version="0.1.0",
     )
+    app.state.keys = keys = load_keys(service.settings.server)
+    app.state.answer_queue = queue = AnswerQueue(service)  # shared with the web interface
+    protect(app, service.settings.server, keys)
 
     @app.exception_handler(RagError)
     async def rag_error(_: Request, exc: RagError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status_code(exc))
+        headers = {"Retry-After": str(BUSY_RETRY_AFTER_S)} if isinstance(exc, ServerBusyError) else None
+        return JSONResponse({"detail": str(exc)}, status_code=status_code(exc), headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
         log.exception("request failed")
         return JSONResponse({"detail": f"unexpected {type(exc).__name__}: {exc}"}, status_code=500)
 
-    app.include_router(router(service))
+    app.include_router(router(service, keys, queue))
+    if keys.enabled:
+        app.include_router(login_router(keys))
     return app
 
 
-def router(service: RagService) -> APIRouter:
-    api = APIRouter()
+async def reject_lone_surrogates(request: Request) -> None:
+    """A JSON string escape such as \\ud800 decodes to text that cannot be stored or shown: 400
+    naming the field, before the text reaches the index, the model or an error message."""
+    if "json" not in request.headers.get("content-type", ""):
+        return
+    try:
+        body = await request.json()  # parsed once: FastAPI has parsed and cached it already
+    except ValueError:
+        return  # FastAPI answers malformed JSON itself
+    field = lone_surrogate_field(body)
+    if field is not None:
+        raise BadInputError(f"{field}: not valid Unicode text (it holds a lone surrogate such as \\ud800)")
 
-    @api.get("/health")
-    def health() -> Health:
+
+def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
+    api = APIRouter(dependencies=[Depends(reject_lone_surrogates)])
+    server = service.settings.server
+
+    def ask_options(request: AskRequest) -> AskOptions:
+        check_client_model(server, service.settings.answer.model, request.model, request.api_base)
+        return request.options()
+
+    @api.get("/health", response_model_exclude_none=True)
+    def health(request: Request) -> Health:
+        if keys.enabled and keys.role(request.headers) is None:
+            return Health(status="ok")
         index = service.index
         return Health(
             status="ok", documents=len(index.documents), passages=index.manifest.canonical_chunks,
@@ -122,16 +194,19 @@ def router(service: RagService) -> APIRouter:
     def search(request: SearchRequest) -> SearchResponse:
         return service.search(request.query, k=request.k, mode=request.mode, doc_ids=request.doc_ids)
 
-    @api.post("/ask")
+    @api.post("/ask", responses={503: {"description": "Too many answers waiting for the model (Retry-After)"}})
     def ask(request: AskRequest) -> AnswerResponse:
-        return service.ask(request.question, request.options(), request.history)
+        options = ask_options(request)
+        with queue.place(options.model):
+            return service.ask(request.question, options, request.history)
 
-    @api.post("/ask/stream", responses={200: {"content": {"text/event-stream": {}}}})
+    @api.post("/ask/stream", responses={200: {"content": {"text/event-stream": {}}}, 503: {"description": "As for /ask"}})
     async def ask_stream(request: AskRequest) -> EventSourceResponse:
         """Server-sent events: `passages` (the retrieved passages), `token` (answer text as the
         model writes it), then `answer` (the full verified answer, exactly as POST /ask returns
         it) or `error` ({"detail", "status"}) if the answer fails once streaming has begun."""
-        events = service.ask_stream(request.question, request.options(), request.history)
+        options = ask_options(request)
+        events = queue.held(options.model, service.ask_stream(request.question, options, request.history))
         # The first event comes after validation and retrieval, so bad input still gets a plain 4xx.
         first = await run_in_threadpool(next, events)
         return EventSourceResponse(_sse(chain([first], events)))
@@ -160,6 +235,25 @@ def router(service: RagService) -> APIRouter:
         return _change(doc_id, service.delete_document(doc_id))
 
     return api
+
+
+def login_router(keys: Keys) -> APIRouter:
+    """The form the web interface sends a browser to when keys are set, and the way out."""
+    login = APIRouter(include_in_schema=False)
+
+    @login.get(LOGIN_PATH, response_class=HTMLResponse)
+    def login_form() -> str:
+        return login_page()
+
+    @login.post(LOGIN_PATH)
+    def log_in(request: Request, key: Annotated[str, Form()]) -> Response:
+        return login_response(keys, key.strip(), secure=request.url.scheme == "https")
+
+    @login.get(LOGOUT_PATH)
+    def log_out() -> Response:
+        return logout_response()
+
+    return login
 
 
 def _sse(events: Iterator[AnswerEvent]) -> Iterator[bytes]:

@@ -241,11 +241,12 @@ def check(
 
     if (file is None) == (claim is None):
         raise BadInputError("give a JSON file (or - for stdin), or --claim TEXT")
+    service = _service(index_dir)
     if claim is not None:
         request = CheckRequest(claim=claim, doc_id=doc)
     else:
         try:
-            raw = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+            raw = _read_limited(file, service.settings.verification.max_check_chars)
             request = CheckRequest.model_validate_json(raw)
         except FileNotFoundError:
             raise BadInputError(f"no such file: {file}") from None
@@ -253,7 +254,7 @@ def check(
             raise BadInputError(f"cannot read {file} as UTF-8 text") from None
         except ValidationError as exc:
             raise BadInputError(f"not an answer to check: {exc.errors()[0]['msg']} at {'.'.join(map(str, exc.errors()[0]['loc'])) or 'top level'}") from None
-    report = _service(index_dir).check(request)
+    report = service.check(request)
     if as_json:
         _print_json(report.model_dump())
         return
@@ -267,6 +268,15 @@ def check(
                 out.print(f"      [italic]“{escape(' '.join(verdict.text.split()))}”[/]")
     if report.uncited_claims:
         out.print(f"[yellow]{len(report.uncited_claims)} claim(s) without a citation[/]")
+
+
+def _read_limited(file: str, limit: int) -> str:
+    """The text of a file (`-`: stdin), refused when over `limit` characters; never more read."""
+    with (sys.stdin if file == "-" else open(file, encoding="utf-8")) as handle:  # noqa: SIM115 - stdin or a file
+        text = handle.read(limit + 1)
+    if len(text) > limit:
+        raise BadInputError(f"{'stdin' if file == '-' else file} is over {limit:,} characters (verification.max_check_chars)")
+    return text
 
 
 def _questions(file: Path) -> list[str]:
@@ -455,9 +465,12 @@ def serve(
     host: Annotated[Optional[str], typer.Option("--host", help="Address to bind (default: settings, 127.0.0.1).")] = None,
     port: Annotated[Optional[int], typer.Option("--port", min=0, max=65535, help="Port (default: settings, 7860).")] = None,
     corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Corpus folder: indexed at start, uploads are saved here (default: ./seeds).")] = None,
+    allow_unauthenticated: Annotated[bool, typer.Option("--allow-unauthenticated", help="Serve a non-loopback address without API keys: anyone who reaches it may read, ask, upload and delete.")] = False,
     index_dir: IndexDirOption = None,
 ) -> None:
     """Serve the web interface and the HTTP API on one port, indexing the corpus first."""
+    from rag.access import is_loopback, load_keys
+
     settings = _settings(index_dir)
     if corpus is not None:
         settings.corpus_dir = corpus
@@ -465,7 +478,13 @@ def serve(
         raise BadInputError(f"no such corpus folder: {settings.corpus_dir}")
     host = host or settings.server.host
     port = settings.server.port if port is None else port
-    _check_can_listen(host, port)  # before minutes of loading, not after
+    # Before binding anything, and before minutes of loading, not after.
+    if not load_keys(settings.server).enabled and not is_loopback(host) and not allow_unauthenticated:
+        raise BadInputError(
+            f"refusing to serve {host} without API keys: set server.api_keys or server.admin_keys "
+            "(see README, Security), or pass --allow-unauthenticated"
+        )
+    _check_can_listen(host, port)
     from rag.service import RagService
 
     service = RagService(settings)
@@ -504,10 +523,22 @@ class _OneLineWarnings(logging.Handler):
         err.print(f"[yellow]warning:[/] {escape(record.getMessage())}")
 
 
+def _check_arguments(arguments: list[str]) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates: refuse them here, not as a
+    failure deep inside an index or a JSON dump."""
+    from rag.access import is_unicode_text
+
+    for number, argument in enumerate(arguments, start=1):
+        if not is_unicode_text(argument):
+            shown = argument.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise BadInputError(f"argument {number} is not UTF-8 text: {shown}")
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, handlers=[_OneLineWarnings()])
     try:
+        _check_arguments(sys.argv[1:])
         app(standalone_mode=False)
     except RagError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")

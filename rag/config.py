@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -78,6 +79,10 @@ class VerificationSettings(BaseModel):
     threshold: float = 0.55
     # Share of lexical recall in the score; the rest is embedding cosine similarity.
     lexical_weight: float = Field(0.5, ge=0, le=1)
+    # Longest input `rag check` and POST /check accept, in characters: the file or stdin that
+    # `rag check` reads, the texts (answer or claim, quotes) of a check. Every sentence is
+    # verified against passages, so the work grows with the text.
+    max_check_chars: int = Field(50_000, ge=1)
 
 
 class EvidenceSettings(BaseModel):
@@ -155,14 +160,48 @@ class AnswerSettings(BaseModel):
     extractive_min_score: float = 0.45
 
 
+# A list setting also read from one environment variable: RAG_SERVER__API_KEYS=key1,key2.
+CommaList = Annotated[list[str], NoDecode]
+
+
 class ServerSettings(BaseModel):
-    # Loopback by default: the service has no authentication, so exposing it is a choice.
+    # Loopback by default: without keys anyone who reaches the port may use the service, so
+    # `rag serve` refuses another address unless keys are set (or --allow-unauthenticated).
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=0, le=65535)
+    # Bearer keys. Setting any key turns authentication on for the API and the web interface:
+    # a read-only key may search, ask, check and read documents; an admin key may also add and
+    # remove them.
+    api_keys: CommaList = []
+    admin_keys: CommaList = []
+    # Keys kept out of rag.toml and the environment: one per line, `admin:KEY` for an admin key,
+    # blank lines and `#` comments skipped. Added to the keys above.
+    api_key_file: Path | None = None
+    # Browser origins (https://app.example.org) whose pages may call the API; the server's own
+    # origin always may. Any other Origin is refused (403), which stops cross-site uploads.
+    cors_origins: CommaList = []
+    # Models a client may pick on /ask besides the configured one and `extractive` ("*" = any):
+    # another model may spend the server's API credits or reach hosts it should not.
+    allow_client_models: CommaList = []
+    # Whether a client may send `api_base` (the server would connect wherever it points).
+    allow_client_api_base: bool = False
+    # Request bodies over this are refused (413) before they are parsed; above
+    # max_upload_bytes to leave room for the multipart framing of an upload.
+    max_body_bytes: int = Field(6_000_000, ge=1)
     max_upload_bytes: int = Field(5_000_000, ge=1)
+    # Model answers that may wait for the model beyond those it is writing; more get 503 and
+    # Retry-After, instead of waiting longer than any client would.
+    max_queued_answers: int = Field(8, ge=0)
     # Answers the web UI computes at once; the embedded model serves one at a time anyway and
     # queues the rest in arrival order, so this only lets extractive and remote answers overlap.
     ui_answer_concurrency: int = Field(4, ge=1)
+
+    @field_validator("api_keys", "admin_keys", "cors_origins", "allow_client_models", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
 
 class Settings(BaseSettings):

@@ -41,3 +41,7 @@ class IndexDamagedError(RagError):
         self.where = where
         self.problems = problems
         super().__init__(f"{self.summary}; run `rag index`")
+
+
+class ServerBusyError(RagError):
+    """More answers waiting for the model than the server keeps in line (HTTP 503, Retry-After)."""

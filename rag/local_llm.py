@@ -250,6 +250,10 @@ class LocalLLMServer:
         self.host = LOOPBACK_HOST
         self.port = 0
         self._server: Any = None
+        # One place per llama.cpp slot. The synchronous calls the service makes wait here rather
+        # than in the server's own queue, so a caller's timeout counts its generation, not the
+        # time spent behind other answers (async callers still queue inside llama.cpp).
+        self.slots = threading.BoundedSemaphore(settings.max_concurrent)
         # llama.cpp's own timings of the latest answer (prompt_per_second, predicted_per_second...),
         # for diagnostics and benchmarks; with concurrent requests, whichever finished last.
         self.last_timings: dict | None = None
@@ -576,7 +580,7 @@ def _make_provider_class():
             server = self._server()
             body = _request_body(messages, optional_params, server.settings, stream=False)
             limit = _httpx_timeout(timeout, server.settings)
-            with transport_errors(model, limit):
+            with server.slots, transport_errors(model, limit):
                 response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body,
                                       headers=server.headers, timeout=limit, trust_env=False)
             return completion_result(response, model_response, model)
@@ -587,24 +591,25 @@ def _make_provider_class():
             server = self._server()
             body = _request_body(messages, optional_params, server.settings, stream=True)
             limit = _httpx_timeout(timeout, server.settings)
-            started = time.monotonic()
             overall = getattr(limit, "read", None)
 
             def lines() -> Iterator[str]:
-                try:
-                    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
-                                      headers=server.headers, timeout=limit, trust_env=False) as response:
-                        if response.status_code != 200:
-                            raise RagError(_error_message(response.status_code, response.read().decode(errors="replace")))
-                        for line in response.iter_lines():
-                            # httpx's read timeout is per chunk; the caller's timeout is for the answer.
-                            if overall and time.monotonic() - started > overall:
-                                raise timeout_error(model, limit)
-                            yield line
-                except httpx.TimeoutException:
-                    raise timeout_error(model, limit) from None
-                except httpx.HTTPError as exc:
-                    raise RagError(f"local model server unreachable: {type(exc).__name__}") from None
+                with server.slots:  # wait for a free slot: the answer's clock starts after
+                    started = time.monotonic()
+                    try:
+                        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
+                                          headers=server.headers, timeout=limit, trust_env=False) as response:
+                            if response.status_code != 200:
+                                raise RagError(_error_message(response.status_code, response.read().decode(errors="replace")))
+                            for line in response.iter_lines():
+                                # httpx's read timeout is per chunk; the caller's timeout is for the answer.
+                                if overall and time.monotonic() - started > overall:
+                                    raise timeout_error(model, limit)
+                                yield line
+                    except httpx.TimeoutException:
+                        raise timeout_error(model, limit) from None
+                    except httpx.HTTPError as exc:
+                        raise RagError(f"local model server unreachable: {type(exc).__name__}") from None
 
             state = _StreamState()
             for event in _sse_events(lines()):

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 
+from rag.access import is_unicode_text
 from rag.answering import Answerer, AnswerEvent, AskOptions
 from rag.checking import Checker, CheckReport, CheckRequest
 from rag.config import SearchMode, Settings, load_settings
@@ -89,6 +90,10 @@ class RagService:
             yield event
 
     def check(self, request: CheckRequest) -> CheckReport:
+        limit = self.settings.verification.max_check_chars
+        given = [request.answer, request.claim, request.quote, *(c.text for c in request.citations)]
+        if sum(len(text or "") for text in given) > limit:
+            raise BadInputError(f"the answer to check is over {limit:,} characters (verification.max_check_chars)")
         return Checker(self.retriever, self.answerer.verifier).check(request)
 
     def _reset(self) -> None:
@@ -197,11 +202,18 @@ class RagService:
         return changed
 
 
+# The longest file name ext4, XFS, btrfs and most others take, in bytes (of UTF-8 here).
+MAX_NAME_BYTES = 255
+
+
 def upload_name(filename: str) -> str:
-    """A plain file name of a supported type: no folders, no `..`, no hidden files."""
+    """A plain file name of a supported type: no folders, no `..`, no hidden files, and one the
+    file system can hold."""
     name = filename.strip()
-    if not name or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
-        raise BadInputError(f"invalid file name '{filename}': give a plain name such as notes.md, without folders")
+    if not name or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name or not is_unicode_text(name):
+        raise BadInputError(f"invalid file name {name!r}: give a plain name such as notes.md, without folders")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise BadInputError(f"file name too long: {len(name.encode())} bytes of UTF-8, the limit is {MAX_NAME_BYTES}")
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES or not suffix:
         raise BadInputError(f"unsupported file type '{suffix or name}' (use .txt, .md or .html)")

@@ -76,14 +76,15 @@ class LiveServer:
     log: Path
 
 
-# Uploads over this many bytes get 413 from the test server (kept small to test the limit).
+# Uploads over this many bytes get 413 from the test server (kept small to test the limit),
+# and so do request bodies over TEST_BODY_LIMIT.
 TEST_UPLOAD_LIMIT = 200_000
+TEST_BODY_LIMIT = 400_000
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """`rag serve` as a user starts it, on a free loopback port, over a private corpus copy;
-    stopped (with its embedded LLM server) at the end of the session."""
+def serve(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[LiveServer]:
+    """`rag serve` as a user starts it, on a free loopback port, over a private corpus copy,
+    with these environment variables; stopped (with its embedded LLM server) afterwards."""
     work = tmp_path_factory.mktemp("server")
     corpus = work / "corpus"
     shutil.copytree(SEEDS, corpus)
@@ -91,11 +92,10 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = work / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_SERVER__MAX_UPLOAD_BYTES": str(TEST_UPLOAD_LIMIT)}
     with log.open("w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "rag.cli", "serve", "--port", str(port), "--corpus", str(corpus), "--index-dir", str(work / "index")],
-            cwd=work, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=work, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, stdout=log_file, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -119,3 +119,22 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The server as `make run` starts it: no keys, on loopback."""
+    yield from serve(tmp_path_factory, {
+        "RAG_SERVER__MAX_UPLOAD_BYTES": str(TEST_UPLOAD_LIMIT), "RAG_SERVER__MAX_BODY_BYTES": str(TEST_BODY_LIMIT),
+    })
+
+
+# Keys of `keyed_server`.
+READ_KEY = "read-key-" + "r" * 24
+ADMIN_KEY = "admin-key-" + "a" * 24
+
+
+@pytest.fixture(scope="session")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The server with a read-only and an admin key."""
+    yield from serve(tmp_path_factory, {"RAG_SERVER__API_KEYS": READ_KEY, "RAG_SERVER__ADMIN_KEYS": ADMIN_KEY})

@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from conftest import TEST_UPLOAD_LIMIT
+from conftest import TEST_BODY_LIMIT, TEST_UPLOAD_LIMIT
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,7 @@ def test_follow_up_is_rewritten_with_the_conversation(api) -> None:
     ("body", "status", "message"),
     [
         ({"question": ""}, 400, "empty"),
-        ({"question": QUESTION, "model": "nosuchprovider/model"}, 400, "unknown model"),
+        ({"question": QUESTION, "model": "nosuchprovider/model"}, 400, "not offered by this server"),
         ({"question": QUESTION, "model": "extractive", "doc_ids": ["nope.md"]}, 400, "nope.md"),
     ],
 )
@@ -174,6 +174,28 @@ def test_bad_uploads_are_refused_and_leave_nothing_behind(api, live_server, name
     assert message in response.json()["detail"]
     assert sorted(p.name for p in live_server.corpus.iterdir()) == before
     assert api.get("/health").json()["documents"] == 5
+
+
+def test_the_connection_stays_usable_after_refused_requests(api) -> None:
+    """Each refusal is a complete HTTP answer: the keep-alive connection serves the next request."""
+
+    def local_port(response: httpx.Response) -> int:
+        return response.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+    good = api.post("/search", json={"query": "party cells", "k": 1})
+    assert good.status_code == 200
+    refused = [
+        api.post("/search", content='{"query": "party \\ud800 cells"}', headers={"Content-Type": "application/json"}),
+        api.post("/search", content=b'{"query": "' + b"x" * TEST_BODY_LIMIT + b'"}', headers={"Content-Type": "application/json"}),
+        api.post("/search", content=iter([b'{"query": "', b"x" * TEST_BODY_LIMIT, b'"}'])),
+        api.post("/search", content=b"{not json", headers={"Content-Type": "application/json"}),
+        api.post("/ask", json={"question": QUESTION, "api_base": "http://127.0.0.1:9/v1"}),
+    ]
+    assert [r.status_code for r in refused] == [400, 413, 413, 422, 400]
+    assert all(isinstance(r.json()["detail"], (str, list)) for r in refused)
+    after = api.post("/search", json={"query": "party cells", "k": 1})
+    assert after.status_code == 200
+    assert local_port(after) == local_port(good)  # the same connection throughout
 
 
 def test_whole_document_page_highlights_the_span(api) -> None:

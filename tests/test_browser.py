@@ -6,7 +6,10 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from conftest import ADMIN_KEY, READ_KEY
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +18,7 @@ QUESTION = "How many commune-level military party cells were established?"
 
 
 @pytest.fixture(scope="module")
-def page(live_server):
+def browser():
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing: apt-get install chromium (.ci/run does this)")
     from playwright.sync_api import sync_playwright
@@ -25,12 +28,26 @@ def page(live_server):
             executable_path=str(CHROMIUM), headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 950})
-        page.set_default_timeout(30_000)
-        page.goto(live_server.url + "/", wait_until="load")
-        page.wait_for_selector("#question textarea")
-        yield page
+        yield browser
         browser.close()
+
+
+def new_page(browser):
+    """A page in a context of its own (no cookies shared), noting what the Content-Security-Policy
+    blocked, for the test that the interface needs nothing more."""
+    page = browser.new_page(viewport={"width": 1400, "height": 950})
+    page.set_default_timeout(30_000)
+    page.csp_violations = []
+    page.on("console", lambda message: "Content Security Policy" in message.text and page.csp_violations.append(message.text))
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, live_server):
+    page = new_page(browser)
+    page.goto(live_server.url + "/", wait_until="load")
+    page.wait_for_selector("#question textarea")
+    return page
 
 
 def test_ask_streams_a_cited_answer_and_a_citation_opens_its_highlighted_span(page) -> None:
@@ -114,3 +131,80 @@ def test_narrow_screen_puts_sources_below_the_answer(page) -> None:
         assert sources["y"] > chat["y"] + chat["height"] and sources["width"] > 300
     finally:
         page.set_viewport_size({"width": 1400, "height": 950})
+
+
+def use_extractive_model(page) -> None:
+    if not page.locator("#model input").is_visible():
+        page.locator("#settings").click()
+    page.locator("#model input").fill("extractive")
+    page.keyboard.press("Enter")
+
+
+def test_html_planted_in_a_document_shows_as_text_in_the_answer(page, live_server) -> None:
+    planted = "The Quarnby bell foundry cast <img src=x onerror=alert(1)> 312 bronze bells in 1911.\n"
+    added = httpx.post(f"{live_server.url}/documents", files={"file": ("quarnby.txt", planted.encode(), "text/plain")}, timeout=120)
+    assert added.status_code == 201, added.text
+    alerts: list[str] = []
+    page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
+    try:
+        page.get_by_role("tab", name="Ask").click()
+        use_extractive_model(page)
+        page.locator("#question textarea").fill("How many bronze bells did the Quarnby bell foundry cast?")
+        page.locator("#ask-button").click()
+        answer = page.locator('#chat [data-testid="bot"]').last
+        expect(answer).to_contain_text("312 bronze bells", timeout=120_000)
+        expect(answer.locator("a.cite").first).to_be_visible()
+        assert "<img src=x onerror=alert(1)>" in answer.inner_text()
+        assert answer.locator("img").count() == 0 and page.locator("#sources img").count() == 0
+        assert alerts == []
+    finally:
+        httpx.delete(f"{live_server.url}/documents/quarnby.txt", timeout=120)
+
+
+def test_the_interface_works_within_its_content_security_policy(page) -> None:
+    assert page.csp_violations == []
+
+
+def log_in(browser, server, key: str):
+    page = new_page(browser)
+    page.goto(server.url + "/", wait_until="load")
+    assert page.url == server.url + "/login"
+    page.locator("#key").fill(key)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_selector("#question textarea")
+    return page
+
+
+def test_with_keys_the_interface_needs_a_login_and_only_an_admin_adds_documents(browser, keyed_server, tmp_path) -> None:
+    page = new_page(browser)
+    page.goto(keyed_server.url + "/", wait_until="load")
+    page.locator("#key").fill("not-a-key-0000000000000000")
+    page.get_by_role("button", name="Log in").click()
+    assert "That key is not valid." in page.inner_text("body")
+
+    note = tmp_path / "kestrel.md"
+    note.write_text("# Kestrel\n\nThe Kestrel Valley orchard harvested 4,210 crates of quince in 2026.\n")
+    reader = log_in(browser, keyed_server, READ_KEY)
+    reader.get_by_role("tab", name="Search").click()
+    reader.locator("#search-query textarea").fill("military party cells")
+    reader.locator("#search-button").click()
+    reader.locator("#search-results .source-card").first.wait_for()
+    reader.get_by_role("tab", name="Documents").click()
+    reader.locator("#upload input[type=file]").set_input_files(str(note))
+    reader.locator("#add-button").click()
+    reader.wait_for_selector("#documents-status :text('needs an admin key')")
+    assert not (keyed_server.corpus / "kestrel.md").exists()
+    assert reader.csp_violations == []
+
+    admin = log_in(browser, keyed_server, ADMIN_KEY)
+    admin.get_by_role("tab", name="Documents").click()
+    admin.locator("#upload input[type=file]").set_input_files(str(note))
+    admin.locator("#add-button").click()
+    admin.wait_for_selector("#documents-status :text('kestrel.md')")
+    assert "added" in admin.locator("#documents-status").inner_text()
+    assert (keyed_server.corpus / "kestrel.md").exists()
+
+    admin.get_by_role("link", name="Log out").click()
+    admin.wait_for_url(keyed_server.url + "/login")
+    admin.goto(keyed_server.url + "/", wait_until="load")
+    assert admin.url == keyed_server.url + "/login"  # the cookie is gone

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.server
+import json
 import os
 import textwrap
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -223,6 +227,71 @@ def test_as_rag_error_finds_the_cause():
     except RuntimeError as outer:
         assert str(as_rag_error(outer)) == "local model server answered HTTP 400: bad"
     assert str(as_rag_error(ValueError("litellm.Timeout: too slow\nTraceback"))) == "Timeout: too slow"
+
+
+# --------------------------------------------------------------------------- one slot, two answers
+
+# Seconds between the words of a fake answer: an answer takes 3 of them, so each fits in
+# ANSWER_TIMEOUT on its own, and the second would not if its wait for the first counted.
+WORD_PAUSE = 0.4
+ANSWER_TIMEOUT = 5 * WORD_PAUSE
+
+
+class _OneSlotServer(http.server.BaseHTTPRequestHandler):
+    """Like llama.cpp with one slot: one answer at a time (the next waits in the listen queue),
+    three words each, streamed with a pause before each."""
+
+    received = threading.Event()
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.set()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for word in ("one ", "two ", "three"):
+            time.sleep(WORD_PAUSE)
+            event = {"choices": [{"index": 0, "delta": {"content": word}}]}
+            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_timeout_counts_generation_not_the_wait_for_the_model(monkeypatch):
+    import litellm
+
+    fake = http.server.HTTPServer(("127.0.0.1", 0), _OneSlotServer)
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    settings = LocalLLMSettings(max_concurrent=1)
+    server = local_llm.LocalLLMServer(settings, Path("unused.gguf"))
+    server.base_url = f"http://127.0.0.1:{fake.server_address[1]}"
+    monkeypatch.setattr(local_llm, "get_local_server", lambda *args, **kwargs: server)
+    register_local_provider(settings)
+    answers: dict[str, object] = {}
+
+    def answer(name: str) -> None:
+        try:
+            stream = litellm.completion(model=DEFAULT_LOCAL_MODEL, messages=[{"role": "user", "content": "Count."}],
+                                        stream=True, timeout=ANSWER_TIMEOUT)
+            answers[name] = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        except Exception as exc:
+            answers[name] = exc
+
+    try:
+        first = threading.Thread(target=answer, args=("first",))
+        first.start()
+        assert _OneSlotServer.received.wait(30)  # the first answer is being written
+        second = threading.Thread(target=answer, args=("second",))
+        second.start()
+        first.join(30)
+        second.join(30)
+    finally:
+        fake.shutdown()
+        fake.server_close()
+    assert answers == {"first": "one two three", "second": "one two three"}
 
 
 # --------------------------------------------------------------------------- the real model

@@ -49,3 +49,15 @@ def test_document_page_marks_the_span() -> None:
     page = document_page(doc, START, END)
     assert '<mark id="span">The &lt;b&gt;plant&lt;/b&gt; made 42 bells.</mark>' in page
     assert '<mark id="span">' not in document_page(doc, 10, 5)  # offsets out of order: no highlight
+
+
+def test_answer_text_never_becomes_markup() -> None:
+    planted = response()
+    planted.answer = "Bells <img src=x onerror=alert(1)> rang [1]. See ![x](http://evil.example/x.png) and **this**."
+    planted.sentences[0].text = "Bells <img src=x onerror=alert(1)> rang [1]."
+    planted.sentences[1].text = "See ![x](http://evil.example/x.png) and **this**."
+    planted.notice = "<script>alert(2)</script>"
+    markdown = answer_markdown(planted, turn=1)
+    assert "<img" not in markdown and "<script" not in markdown and "![" not in markdown and "**this" not in markdown
+    assert "Bells &#60;img src=x onerror=alert&#40;1&#41;&#62; rang" in markdown
+    assert 'rang <a class="cite" href="#cite-1-1">[1]</a>.' in markdown

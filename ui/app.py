@@ -4,6 +4,7 @@ thin caller of RagService, the same object the API and the CLI use."""
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,15 +16,17 @@ import gradio as gr
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
+from rag.access import LOGOUT_PATH, Keys, Role, check_client_model
 from rag.answering import EXTRACTIVE, AskOptions
-from rag.api import create_api
+from rag.api import AnswerQueue, create_api
 from rag.conversation import Turn
 from rag.errors import RagError
 from rag.schema import AnswerResponse
 from rag.service import RagService
-from ui.render import answer_markdown, document_page, reading_html, search_html, sources_html
+from ui.render import answer_markdown, document_page, markdown_text, reading_html, search_html, sources_html
 
 ASSETS = Path(__file__).parent / "assets"
+ADMIN_ONLY = "⚠️ Adding and removing documents needs an admin key; log in with one."
 MODES = [("Hybrid (meaning + keywords)", "hybrid"), ("Meaning only (dense)", "dense"), ("Keywords only (BM25)", "bm25")]
 
 
@@ -35,7 +38,7 @@ def create_app(service: RagService) -> FastAPI:
         return document_page(service.document(doc_id), start, end)
 
     return gr.mount_gradio_app(
-        app, build_interface(service), path="/",
+        app, build_interface(service, app.state.keys, app.state.answer_queue), path="/",
         theme=_theme(), css_paths=[ASSETS / "style.css"], head=(ASSETS / "head.html").read_text(encoding="utf-8"),
         max_file_size=service.settings.server.max_upload_bytes, footer_links=["api"],
     )
@@ -50,13 +53,19 @@ def _theme() -> gr.themes.Base:
     )
 
 
-def build_interface(service: RagService) -> gr.Blocks:
+def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.Blocks:
+    """The interface; its answers take their place in the API's `queue` of answers."""
     settings = service.settings
     default_model = settings.answer.model
 
+    def may_change_documents(request: gr.Request) -> bool:
+        """Gradio's API reaches every event, so each write checks the key of its own request."""
+        return not keys.enabled or keys.role(request.headers) == Role.ADMIN
+
     with gr.Blocks(title="Cited answers", fill_width=True) as interface:
+        logout = f'<a class="logout" href="{LOGOUT_PATH}">Log out</a>' if keys.enabled else ""
         gr.HTML(
-            '<div class="app-header"><h1>Cited answers</h1>'
+            f'<div class="app-header">{logout}<h1>Cited answers</h1>'
             "<p>Ask your documents. Every claim cites its passage, and every citation is checked against it.</p></div>"
         )
         with gr.Tabs():
@@ -83,9 +92,9 @@ def build_interface(service: RagService) -> gr.Blocks:
                                 info="Empty: all documents.",
                             )
                             model = gr.Dropdown(
-                                choices=list(dict.fromkeys([default_model, EXTRACTIVE])), value=default_model,
-                                allow_custom_value=True, label="Model", elem_id="model",
-                                info="The embedded model needs no key; `extractive` quotes the passages without an LLM; any litellm model string works (e.g. openai/gpt-4o-mini).",
+                                choices=[m for m in dict.fromkeys([default_model, EXTRACTIVE, *settings.server.allow_client_models]) if m != "*"],
+                                value=default_model, allow_custom_value=True, label="Model", elem_id="model",
+                                info="The embedded model needs no key; `extractive` quotes the passages without an LLM; other litellm model strings (e.g. openai/gpt-4o-mini) where the server allows them (server.allow_client_models).",
                             )
                     with gr.Column(scale=2, min_width=320):
                         gr.Markdown("### Sources")
@@ -132,19 +141,20 @@ def build_interface(service: RagService) -> gr.Blocks:
             history = [Turn(question=t.question, answer=t.answer) for t in turns if not t.abstained]
             written = ""
             try:
-                for event in service.ask_stream(text, options, history):
+                check_client_model(settings.server, default_model, options.model, None)
+                for event in queue.held(options.model, service.ask_stream(text, options, history)):
                     if event.kind == "passages":
                         yield messages, turns, reading_html(event.passages or []), gr.skip()
                     elif event.kind == "token":
                         written += event.text
-                        messages[-1] = {"role": "assistant", "content": written}
+                        messages[-1] = {"role": "assistant", "content": markdown_text(written)}
                         yield messages, turns, gr.skip(), gr.skip()
                     elif event.response is not None:
                         turns = [*turns, event.response]
                         messages[-1] = {"role": "assistant", "content": answer_markdown(event.response, len(turns))}
                         yield messages, turns, sources_html(turns), gr.skip()
             except RagError as exc:
-                messages[-1] = {"role": "assistant", "content": f"⚠️ {exc}"}
+                messages[-1] = {"role": "assistant", "content": f"⚠️ {markdown_text(str(exc))}"}
                 yield messages, turns, sources_html(turns), gr.skip()
 
         answer_inputs = [question, chat, answers, k, mode, doc_filter, model]
@@ -157,7 +167,7 @@ def build_interface(service: RagService) -> gr.Blocks:
             try:
                 return search_html(service.search(text, k=int(k_value), mode=mode_value).results)
             except RagError as exc:
-                return f'<div class="error">⚠️ {exc}</div>'
+                return f'<div class="error">⚠️ {html.escape(str(exc))}</div>'
 
         for trigger in (search_button.click, search_query.submit):
             trigger(search, [search_query, search_k, search_mode], search_results, concurrency_limit=8, concurrency_id="search")
@@ -169,7 +179,9 @@ def build_interface(service: RagService) -> gr.Blocks:
                 message, None,
             )
 
-        def add_files(files: list[str] | None) -> tuple[Any, ...]:
+        def add_files(files: list[str] | None, request: gr.Request) -> tuple[Any, ...]:
+            if not may_change_documents(request):
+                return document_views(ADMIN_ONLY)
             if not files:
                 return document_views("Choose one or more files first.")
             lines = []
@@ -178,19 +190,21 @@ def build_interface(service: RagService) -> gr.Blocks:
                 try:
                     report = service.add_document(name, Path(file).read_bytes())
                     state = "added" if report.added else "updated" if report.updated else "unchanged"
-                    lines.append(f"✓ **{name}** {state} ({report.documents} documents, {report.canonical_chunks} passages in the index)")
+                    lines.append(f"✓ **{markdown_text(name)}** {state} ({report.documents} documents, {report.canonical_chunks} passages in the index)")
                 except RagError as exc:
-                    lines.append(f"⚠️ **{name}**: {exc}")
+                    lines.append(f"⚠️ **{markdown_text(name)}**: {markdown_text(str(exc))}")
             return document_views("\n\n".join(lines))
 
-        def remove_document(doc_id: str | None) -> tuple[Any, ...]:
+        def remove_document(doc_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+            if not may_change_documents(request):
+                return document_views(ADMIN_ONLY)
             if not doc_id:
                 return document_views("Choose a document to remove.")
             try:
                 service.delete_document(doc_id)
-                return document_views(f"✓ Removed **{doc_id}** from the index and the corpus folder.")
+                return document_views(f"✓ Removed **{markdown_text(doc_id)}** from the index and the corpus folder.")
             except RagError as exc:
-                return document_views(f"⚠️ {exc}")
+                return document_views(f"⚠️ {markdown_text(str(exc))}")
 
         views = [documents, to_remove, doc_filter, documents_status, upload]
         add.click(add_files, upload, views, concurrency_id="index", concurrency_limit=1)

@@ -5,11 +5,10 @@ always escaped: a document is data and must never become markup."""
 from __future__ import annotations
 
 import html
-import re
 from urllib.parse import quote, urlencode
 
 from rag.citations import MARKER
-from rag.schema import AnswerResponse, Citation, Document, SearchHit
+from rag.schema import AnswerResponse, AnswerSentence, Citation, Document, SearchHit
 
 VERDICT = {True: ("supported", "✓ Supported"), False: ("unsupported", "✗ Not supported"), None: ("unchecked", "Not checked")}
 STATUS_NOTE = {
@@ -25,25 +24,42 @@ def viewer_url(doc_id: str, start: int | None = None, end: int | None = None) ->
     return html.escape(f"view/{quote(doc_id)}{query}#span")
 
 
+# Characters that Markdown (or the chat's LaTeX) reads as syntax, written as HTML character
+# references so they show as themselves: model and document text never becomes markup.
+_MARKDOWN_SYNTAX = str.maketrans({c: f"&#{ord(c)};" for c in "\\`*_{}[]()#+-!|~$<>&\"'"})
+
+
+def markdown_text(text: str) -> str:
+    """Text shown literally inside a Markdown message: no HTML element, link or image."""
+    return " ".join(text.split()).translate(_MARKDOWN_SYNTAX)
+
+
 def answer_markdown(response: AnswerResponse, turn: int) -> str:
-    """The chat message: markers become links to their source cards (ids unique per turn)."""
+    """The chat message, built from the answer's parsed sentences (escaped) and their citation
+    ids, which become links to their source cards (ids unique per turn)."""
     if response.abstained:
-        note = f"\n\n<small>{html.escape(response.notice)}</small>" if response.notice else ""
+        note = f"\n\n<small>{markdown_text(response.notice)}</small>" if response.notice else ""
         return f"**Not found in the documents.** The passages do not answer this question, so there is no answer to cite.{note}"
-    text = MARKER.sub(lambda m: _marker_links(m.group(0), turn), response.answer)
+    text = " ".join(_sentence_markdown(s, turn) for s in response.sentences) or markdown_text(response.answer)
     lines = [text]
     flagged = [s for s in response.sentences if s.status in STATUS_NOTE]
     for sentence in flagged:
-        lines.append(f"⚠️ <small>“{html.escape(_shorten(sentence.text, 80))}” {STATUS_NOTE[sentence.status]}.</small>")
+        lines.append(f"⚠️ <small>“{markdown_text(_shorten(MARKER.sub('', sentence.text), 80))}” {STATUS_NOTE[sentence.status]}.</small>")
     if response.rewritten_question:
-        lines.append(f"<small>Searched for: {html.escape(response.rewritten_question)}</small>")
+        lines.append(f"<small>Searched for: {markdown_text(response.rewritten_question)}</small>")
     if response.notice:
-        lines.append(f"<small>{html.escape(response.notice)}</small>")
+        lines.append(f"<small>{markdown_text(response.notice)}</small>")
     return "\n\n".join(lines)
 
 
-def _marker_links(marker: str, turn: int) -> str:
-    return "".join(f'<a class="cite" href="#cite-{turn}-{n}">[{n}]</a>' for n in re.findall(r"\d+", marker))
+def _sentence_markdown(sentence: AnswerSentence, turn: int) -> str:
+    """A sentence with its citation links before its closing punctuation: "... 42 bells [1]."."""
+    text = " ".join(MARKER.sub(" ", sentence.text).split())
+    if not sentence.citations:
+        return markdown_text(text)
+    links = " " + "".join(f'<a class="cite" href="#cite-{turn}-{n}">[{n}]</a>' for n in sentence.citations)
+    body, end = (text[:-1], text[-1]) if text[-1:] in ".!?" else (text, "")
+    return f"{markdown_text(body.rstrip())}{links}{markdown_text(end)}"
 
 
 def sources_html(turns: list[AnswerResponse]) -> str:
@@ -124,7 +140,8 @@ def reading_html(hits: list[SearchHit]) -> str:
 
 
 def document_page(doc: Document, start: int | None, end: int | None) -> str:
-    """A whole document with one span highlighted, scrolled into view on load."""
+    """A whole document with one span highlighted; links to it end in #span, which scrolls the
+    span into view (the page runs no script: its Content-Security-Policy allows none)."""
     text = doc.text
     if start is not None and end is not None and 0 <= start <= end <= len(text):
         body = f'{html.escape(text[:start])}<mark id="span">{html.escape(text[start:end])}</mark>{html.escape(text[end:])}'
@@ -139,10 +156,10 @@ body {{ font: 17px/1.6 system-ui, -apple-system, "Segoe UI", sans-serif; max-wid
 h1 {{ font-size: 1.5rem; line-height: 1.3; }} .meta {{ color: #52606d; font-size: .9rem; }}
 .text {{ white-space: pre-wrap; overflow-wrap: anywhere; }}
 mark {{ background: #ffe58a; padding: .1em 0; border-radius: 2px; box-shadow: 0 0 0 2px #ffe58a; }}
+#span {{ scroll-margin-top: 40vh; }} /* the link's #span puts the span mid-screen, with no script */
 </style></head><body>
 <h1>{html.escape(doc.display_title)}</h1><p class="meta">{html.escape(doc.doc_id)}</p>{source}
 <div class="text">{body}</div>
-<script>document.getElementById("span").scrollIntoView({{block: "center"}});</script>
 </body></html>"""
 
 
