@@ -186,7 +186,7 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
             return Health(status="ok")
         index = service.index
         return Health(
-            status="ok", documents=len(index.documents), passages=index.manifest.canonical_chunks,
+            status="ok", documents=len(index.documents), passages=index.manifest.chunks,
             embedding_model=service.settings.embedding.model, answer_model=service.settings.answer.model,
         )
 
@@ -280,5 +280,5 @@ def _sse(events: Iterator[AnswerEvent]) -> Iterator[bytes]:
 def _change(doc_id: str, report: IndexReport) -> IndexChange:
     return IndexChange(
         doc_id=doc_id, added=report.added, updated=report.updated, removed=report.removed,
-        documents=report.documents, passages=report.canonical_chunks,
+        documents=report.documents, passages=report.chunks,
     )

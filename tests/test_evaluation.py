@@ -166,3 +166,27 @@ def test_evaluate_questions_end_to_end_extractive(seed_service) -> None:
     for r in answered:
         assert 0.0 <= r["citation_recall"] <= 1.0 and 0.0 <= r["citation_precision"] <= 1.0
     assert metrics["citations"]["recall"] == pytest.approx(sum(r["citation_recall"] for r in answered) / len(answered))
+    # What the model was shown, and its own citations before repair, are reported beside.
+    assert all(r["quote_in_evidence"] for r in report["per_question"] if r["quote_cited"])
+    assert metrics["citations"]["quote_in_evidence"] >= metrics["citations"]["quote_in_span"]
+    assert metrics["citations"]["raw_recall"] is not None
+
+
+def test_raw_citations_are_scored_before_the_verifier_repairs_them(seed_service, monkeypatch) -> None:
+    """A model that cites the wrong passage: the delivered answer is repaired, the raw figures
+    say what the model did."""
+    from rag import answering
+
+    question = "How many commune-level military party cells were established in Military Region 2?"
+    passages = seed_service.answerer.draft(question, "openai/scripted", AskOptions()).passages
+    wrong = next(i for i, p in enumerate(passages, start=1) if "529" not in p.text)
+    monkeypatch.setattr(
+        answering, "stream_completion",
+        lambda messages, **kwargs: iter([f"The Party Committee established 529 commune-level military party cells [{wrong}]."]),
+    )
+    quote = "establishing 529 commune-level military party cells strictly and in accordance with principles."
+    q = EvalQuestion(id="q", question=question, answers=["529"], quotes=[{"doc_id": "000_c1a45aa062b469e9.txt", "quote": quote}])
+    [row] = evaluate_questions(seed_service, [q], AskOptions(model="openai/scripted"))["per_question"]
+    assert row["correct"] and row["citation_recall"] == 1.0
+    assert row["raw_citation_recall"] == 0.0 and row["raw_citation_precision"] == 0.0
+    assert row["quote_in_evidence"] and row["confidence"] is None

@@ -61,3 +61,8 @@ def test_answer_text_never_becomes_markup() -> None:
     assert "<img" not in markdown and "<script" not in markdown and "![" not in markdown and "**this" not in markdown
     assert "Bells &#60;img src=x onerror=alert&#40;1&#41;&#62; rang" in markdown
     assert 'rang <a class="cite" href="#cite-1-1">[1]</a>.' in markdown
+
+
+def test_a_calibrated_answer_shows_its_confidence() -> None:
+    assert "Confidence" not in answer_markdown(response(), turn=1)
+    assert "Confidence 73%" in answer_markdown(response().model_copy(update={"confidence": 0.7339}), turn=1)

@@ -190,7 +190,7 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
                 try:
                     report = service.add_document(name, Path(file).read_bytes())
                     state = "added" if report.added else "updated" if report.updated else "unchanged"
-                    lines.append(f"✓ **{markdown_text(name)}** {state} ({report.documents} documents, {report.canonical_chunks} passages in the index)")
+                    lines.append(f"✓ **{markdown_text(name)}** {state} ({report.documents} documents, {report.chunks} passages in the index)")
                 except RagError as exc:
                     lines.append(f"⚠️ **{markdown_text(name)}**: {markdown_text(str(exc))}")
             return document_views("\n\n".join(lines))

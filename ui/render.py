@@ -47,6 +47,8 @@ def answer_markdown(response: AnswerResponse, turn: int) -> str:
         lines.append(f"⚠️ <small>“{markdown_text(_shorten(MARKER.sub('', sentence.text), 80))}” {STATUS_NOTE[sentence.status]}.</small>")
     if response.rewritten_question:
         lines.append(f"<small>Searched for: {markdown_text(response.rewritten_question)}</small>")
+    if response.confidence is not None:
+        lines.append(f'<small class="confidence">Confidence {response.confidence:.0%}</small>')
     if response.notice:
         lines.append(f"<small>{markdown_text(response.notice)}</small>")
     return "\n\n".join(lines)
