@@ -3,15 +3,17 @@
 For each calibration question (answerable and unanswerable ClapNQ dev questions that the
 answer benchmark's 30 + 30 sample does not use), the real answer path runs up to the choice:
 retrieval, evidence selection, and the embedded model's first-token probabilities over the
-numbered evidence (`Answerer.choice_prompt`). The signals of its best choice (rag.decision.
-Signals) are recorded with a label: 1 when the chosen sentence holds a gold supporting
-sentence of an answerable question, else 0. Probes are cached in bench/results/decision/probes.json,
-so refitting costs no model time (--refit).
+numbered evidence (`Answerer.choice_prompt`). Every candidate sentence's signals
+(rag.decision.Signals) are recorded with a label: 1 when it holds a gold supporting sentence
+of an answerable question, else 0. Probes are cached in bench/results/decision/probes.json, so
+refitting costs no model time (--refit).
 
-A logistic regression (scikit-learn) is fitted on one half and scored on the other (AUC, the
-curve of answered-right against abstention on unanswerable questions), then refitted on all
-and written to rag/decision.json with the smallest threshold that abstains on at least
---abstain of the unanswerable calibration questions. Plot: bench/results/decision/curve.png."""
+A logistic regression over candidates (scikit-learn) is fitted on the candidates of one half of
+the questions and scored on the other: a question is answered by its most confident
+candidate, right when that candidate is gold (AUC, and the curve of answered-right against
+abstention on unanswerable questions). It is then refitted on all and written to
+rag/decision.json with the smallest threshold that abstains on at least --abstain of the
+unanswerable calibration questions. Plot: bench/results/decision/curve.png."""
 
 from __future__ import annotations
 
@@ -29,14 +31,14 @@ from rag.answering import AskOptions
 from rag.beir import beir_settings, build_beir_index, load_beir
 from rag.choice import choice_from_probabilities
 from rag.config import Settings
-from rag.decision import DECISION_FILE, DecisionModel, Signals
+from rag.decision import DECISION_FILE, DecisionModel
 from rag.evaluation import EvalQuestion, load_questions
 from rag.generation import first_token_probabilities
 from rag.service import RagService
 
 OUT_DIR = RESULTS_DIR / "decision"
 PROBES = OUT_DIR / "probes.json"
-FEATURES = ["retrieval", "evidence", "chosen", "log_p_choice", "log_p_none"]
+FEATURES = ["retrieval", "evidence", "chosen", "position", "log_p_choice", "log_p_none"]
 
 
 def calibration_questions(per_class: int) -> list[EvalQuestion]:
@@ -55,7 +57,7 @@ def covers(text: str, quotes: list[str]) -> bool:
 
 
 def probe(service: RagService, q: EvalQuestion) -> dict:
-    """The question's signals and label, or why it never reached the model."""
+    """Every candidate's signals and label, or why the question never reached the model."""
     answerer = service.answerer
     model = service.settings.answer.model
     draft = answerer.draft(q.question, model, AskOptions())
@@ -67,49 +69,59 @@ def probe(service: RagService, q: EvalQuestion) -> dict:
         local_settings=service.settings.local_llm,
     )
     draft.choice = choice_from_probabilities(probabilities, len(draft.evidence))
-    best = draft.choice.best
     quotes = [quote.quote for quote in q.quotes]
     return {
-        "id": q.id, "answerable": q.answerable, "reached_model": True,
-        "gold_in_evidence": any(covers(s.text, quotes) for s in draft.evidence) if q.answerable else None,
-        "best": best, "p": list(draft.choice.p), "p_none": draft.choice.p_none,
-        "signals": answerer.signals(draft, best).__dict__ if best is not None else None,
-        "label": int(bool(q.answerable and best is not None and covers(draft.evidence[best].text, quotes))),
+        "id": q.id, "answerable": q.answerable, "reached_model": draft.choice.best is not None,
+        "candidates": [
+            {"signals": answerer.signals(draft, i).__dict__, "label": int(q.answerable and covers(s.text, quotes))}
+            for i, s in enumerate(draft.evidence)
+        ],
     }
+
+
+def matrix(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    candidates = [c for r in rows for c in r["candidates"]]
+    return np.array([[c["signals"][f] for f in FEATURES] for c in candidates]), np.array([c["label"] for c in candidates])
 
 
 def fit(rows: list[dict]):
     from sklearn.linear_model import LogisticRegression
 
-    x = np.array([[r["signals"][f] for f in FEATURES] for r in rows])
-    y = np.array([r["label"] for r in rows])
-    return LogisticRegression(C=1.0, max_iter=1000).fit(x, y)
+    return LogisticRegression(C=1.0, max_iter=1000).fit(*matrix(rows))
 
 
-def confidences(model, rows: list[dict]) -> np.ndarray:
-    return model.predict_proba(np.array([[r["signals"][f] for f in FEATURES] for r in rows]))[:, 1]
+def answers(model, rows: list[dict]) -> list[dict]:
+    """Each question's most confident candidate: its confidence and whether it is gold."""
+    out = []
+    for r in rows:
+        x, y = matrix([r])
+        confidence = model.predict_proba(x)[:, 1]
+        best = int(np.argmax(confidence))
+        out.append({"id": r["id"], "answerable": r["answerable"], "confidence": float(confidence[best]),
+                    "right": bool(y[best]), "first_right": bool(y[0]), "model_right": bool(y[int(np.argmax(x[:, FEATURES.index("log_p_choice")]))])})
+    return out
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+def auc(scores: list[float], labels: list[bool]) -> float | None:
     from sklearn.metrics import roc_auc_score
 
-    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
+    return float(roc_auc_score(labels, scores)) if 0 < sum(labels) < len(labels) else None
 
 
-def curve(rows: list[dict], scores: np.ndarray) -> list[dict]:
+def curve(rows: list[dict], answered: list[dict]) -> list[dict]:
     """At each threshold: share of unanswerable questions abstained on (those that never reached
-    the model abstain anyway) and share of answerable ones answered right."""
+    the model abstain anyway) and shares of answerable ones answered right and wrong."""
     unanswerable = sum(not r["answerable"] for r in rows)
     answerable = len(rows) - unanswerable
-    by_id = {r["id"]: s for r, s in zip([r for r in rows if r.get("signals")], scores)}
     points = []
     for threshold in np.round(np.arange(0.0, 1.0001, 0.02), 2):
-        shown = {i for i, s in by_id.items() if s >= threshold}
-        abstain = sum(not r["answerable"] and r["id"] not in shown for r in rows) / max(unanswerable, 1)
-        right = sum(r["answerable"] and r["id"] in shown and r["label"] for r in rows) / max(answerable, 1)
-        wrong_answerable = sum(r["answerable"] and r["id"] in shown and not r["label"] for r in rows) / max(answerable, 1)
-        points.append({"threshold": float(threshold), "abstains_unanswerable": abstain, "answerable_right": right,
-                       "answerable_wrong": wrong_answerable})
+        shown = [a for a in answered if a["confidence"] >= threshold]
+        points.append({
+            "threshold": float(threshold),
+            "abstains_unanswerable": 1 - sum(not a["answerable"] for a in shown) / max(unanswerable, 1),
+            "answerable_right": sum(a["answerable"] and a["right"] for a in shown) / max(answerable, 1),
+            "answerable_wrong": sum(a["answerable"] and not a["right"] for a in shown) / max(answerable, 1),
+        })
     return points
 
 
@@ -171,31 +183,32 @@ def main(argv: list[str] | None = None) -> None:
         }
         PROBES.write_text(json.dumps(probes, indent=1))
     rows = probes["rows"]
-    reached = [r for r in rows if r["reached_model"] and r["signals"]]
+    reached = [r for r in rows if r["reached_model"]]
     # Fitted on one half, scored on the other: how well the decision generalises.
     train, test = reached[::2], reached[1::2]
     half = fit(train)
+    held_out = answers(half, test)
     test_ids = {r["id"] for r in test}
-    held_out_points = curve([r for r in rows if r["id"] in test_ids or not r["reached_model"]][::1], confidences(half, test))
+    held_out_points = curve([r for r in rows if r["id"] in test_ids or not r["reached_model"]], held_out)
     final = fit(reached)
-    final_points = curve(rows, confidences(final, reached))
+    final_answers = answers(final, reached)
+    final_points = curve(rows, final_answers)
     point = operating_point(final_points, args.abstain)
     model = DecisionModel(
         features=FEATURES, coefficients=[round(float(c), 4) for c in final.coef_[0]],
         intercept=round(float(final.intercept_[0]), 4), threshold=point["threshold"],
-        fitted_on=f"{probes['command']} ({probes['date']}): {len(reached)} ClapNQ dev questions that reached the model",
+        fitted_on=f"{probes['command']} ({probes['date']}): candidates of {len(reached)} ClapNQ dev questions",
     )
     DECISION_FILE.write_text(model.model_dump_json(indent=2) + "\n")
     write_plot(held_out_points, final_points, point["threshold"], OUT_DIR / "curve.png")
 
-    labels = np.array([r["label"] for r in test])
-    answerable = [r for r in rows if r["answerable"]]
-    baseline = {
-        "model's first choice right (answerable that reached it)": f"{sum(r['label'] for r in reached if r['answerable'])}/{sum(r['answerable'] for r in reached)}",
-        "gold sentence in the evidence (answerable)": f"{sum(bool(r.get('gold_in_evidence')) for r in answerable)}/{len(answerable)}",
-        "held-out AUC of the confidence (right answer vs not)": f"{auc(confidences(half, test), labels):.3f}",
-        "held-out AUC of p(choice) alone": f"{auc(np.array([r['signals']['log_p_choice'] for r in test]), labels):.3f}",
-        "held-out AUC of -p(none) alone": f"{auc(-np.array([r['signals']['log_p_none'] for r in test]), labels):.3f}",
+    answerable = [a for a in held_out if a["answerable"]]
+    figures = {
+        "held-out answerable: the most confident candidate is gold": f"{sum(a['right'] for a in answerable)}/{len(answerable)}",
+        "held-out answerable: the model's own first choice is gold": f"{sum(a['model_right'] for a in answerable)}/{len(answerable)}",
+        "held-out answerable: the best-ranked evidence sentence is gold": f"{sum(a['first_right'] for a in answerable)}/{len(answerable)}",
+        "gold sentence in the evidence (answerable, all)": f"{sum(any(c['label'] for c in r.get('candidates', [])) for r in rows if r['answerable'])}/{sum(r['answerable'] for r in rows)}",
+        "held-out AUC of the confidence (answer right vs not, all questions)": f"{auc([a['confidence'] for a in held_out], [a['right'] for a in held_out]):.3f}",
     }
     table = [[f"{p['threshold']:.2f}", f"{p['abstains_unanswerable']:.3f}", f"{p['answerable_right']:.3f}",
               f"{p['answerable_wrong']:.3f}"] for p in final_points if round(p["threshold"] * 50) % 5 == 0]
@@ -203,8 +216,8 @@ def main(argv: list[str] | None = None) -> None:
         f"`{probes['command']}`, {probes['date']}, {probes['seconds']} s, load {probes['load_average_1min']['start']}"
         f" -> {probes['load_average_1min']['end']}. {len(rows)} ClapNQ dev questions ({args.per_class} answerable +"
         f" {args.per_class} unanswerable, none in the answer benchmark's sample); {len(rows) - len(reached)}"
-        " abstained at retrieval. Label: the model's first choice holds a gold supporting sentence.\n\n"
-        + markdown_table(["figure", "value"], [[k, v] for k, v in baseline.items()])
+        " abstained at retrieval. Label of a candidate: it holds a gold supporting sentence.\n\n"
+        + markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()])
         + f"\n\nFitted (rag/decision.json): features {FEATURES}, coefficients {model.coefficients}, intercept"
         f" {model.intercept}; threshold {model.threshold:g}, the lowest that abstains on >= {args.abstain:g} of the"
         " unanswerable calibration questions.\n\nThe final fit over all calibration questions, by threshold:\n\n"

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rag.choice import Choice, choice_from_probabilities
+from rag.choice import Choice, choice_from_probabilities, choice_from_reply
 from rag.citations import MARKER, ParsedSentence, parse_answer, strip_markers
 from rag.config import SearchMode, Settings
 from rag.decision import Signals, load_decision_model
@@ -193,31 +193,42 @@ class Answerer:
                 yield draft.text
 
     def choice_prompt(self, draft: Draft) -> list[dict[str, str]]:
-        """The numbered-choice messages for a draft's evidence, labelled in reading order."""
+        """The numbered-choice messages for a draft's evidence, best-ranked first."""
         return choice_messages(draft.question, [s.text for s in draft.evidence])
 
     def _choose(self, draft: Draft, options: AskOptions) -> Iterator[str]:
         cfg = self.settings.answer
+        messages = self.choice_prompt(draft)
+        api_base, timeout_s = options.api_base or cfg.api_base, options.timeout_s or cfg.timeout_s
         probabilities = first_token_probabilities(
-            self.choice_prompt(draft), model=draft.model, api_base=options.api_base or cfg.api_base,
-            timeout_s=options.timeout_s or cfg.timeout_s, local_settings=self.settings.local_llm,
+            messages, model=draft.model, api_base=api_base, timeout_s=timeout_s, local_settings=self.settings.local_llm,
         )
-        choice = draft.choice = choice_from_probabilities(probabilities, len(draft.evidence))
-        best = choice.best
-        if best is None:
+        if probabilities:
+            choice = choice_from_probabilities(probabilities, len(draft.evidence))
+        else:  # a provider without token probabilities: read the labels it writes
+            reply = "".join(stream_completion(
+                messages, model=draft.model, api_base=api_base, temperature=0.0, max_tokens=8, timeout_s=timeout_s,
+                local_settings=self.settings.local_llm,
+            ))
+            choice = choice_from_reply(reply, len(draft.evidence))
+        draft.choice = choice
+        if choice.best is None:  # the model gave no label any probability
             draft.declined = True
             return
         decision = load_decision_model()
         draft.threshold = decision.threshold if cfg.min_confidence is None else cfg.min_confidence
-        draft.confidence = decision.confidence(self.signals(draft, best))
+        confidence = [decision.confidence(self.signals(draft, i)) for i in range(len(draft.evidence))]
+        ranked = sorted(range(len(confidence)), key=lambda i: -confidence[i])
+        best = ranked[0]
+        draft.confidence = confidence[best]
         if draft.confidence < draft.threshold:
             return
         chosen = [best]
-        # A second sentence, from another document, that passes the decision by itself: for
-        # questions whose answer needs two documents.
-        for i in sorted(range(len(choice.p)), key=lambda i: -choice.p[i]):
-            if i != best and self._document(draft, i) != self._document(draft, best):
-                if decision.confidence(self.signals(draft, i)) >= draft.threshold:
+        # A second sentence, from another document, confident enough by itself: for questions
+        # whose answer needs two documents.
+        for i in ranked[1:]:
+            if self._document(draft, i) != self._document(draft, best):
+                if confidence[i] >= draft.threshold:
                     chosen.append(i)
                 break
         draft.text = " ".join(cited(draft.evidence[i]) for i in chosen)
@@ -230,6 +241,7 @@ class Answerer:
             retrieval=draft.retrieval_score,
             evidence=draft.ranked[0].score,
             chosen=draft.evidence[candidate].score,
+            position=candidate,
             p_choice=draft.choice.p[candidate],
             p_none=draft.choice.p_none,
         )

@@ -51,8 +51,7 @@ LABEL = re.compile(r"(?<!\d)\d(?!\d)")
 
 def parse_choice(reply: str, candidates: int) -> list[int]:
     """The candidates (0-based, in order, no repeats) a free-text reply names, e.g. "3", "[3]",
-    "3, 7", "Sentence 2."; [] for "0", for a decline and for anything naming no shown label.
-    Used when a provider gives no token probabilities."""
+    "3, 7", "Sentence 2."; [] for "0", for a decline and for anything naming no shown label."""
     chosen: list[int] = []
     for match in LABEL.finditer(reply):
         label = match.group()
@@ -63,3 +62,12 @@ def parse_choice(reply: str, candidates: int) -> list[int]:
             if index not in chosen:
                 chosen.append(index)
     return chosen
+
+
+def choice_from_reply(reply: str, candidates: int) -> Choice:
+    """A Choice from a model's text reply, for providers that return no token probabilities: the
+    candidates it names share the probability, and naming none is a sure "none"."""
+    chosen = parse_choice(reply, candidates)
+    if not chosen:
+        return Choice(p_none=1.0, p=(0.0,) * candidates)
+    return Choice(p_none=0.0, p=tuple(1 / len(chosen) if i in chosen else 0.0 for i in range(candidates)))

@@ -1,11 +1,14 @@
-"""One calibrated decision to answer or abstain.
+"""One calibrated decision: which evidence sentence answers, and whether to answer at all.
 
-The signals an answer comes with (how close retrieval got, how relevant the evidence is, how
-sure the model was of its choice and of "none") go into one logistic model whose output is the
-answer's confidence: the estimated probability that the answer shown is right. The answer is
-shown when the confidence reaches the threshold. Coefficients and threshold are fitted on
-ClapNQ questions by bench/bench_decision.py and stored in `decision.json` beside this module;
-the threshold was chosen there for the abstention rate on unanswerable questions."""
+Each candidate sentence comes with signals (how close retrieval got, how relevant the best
+evidence and this sentence are, where the sentence stood in the list the model saw, the
+model's probability for it and for "none"). One logistic model turns them into the
+candidate's confidence: the estimated probability that it answers the question. The most
+confident candidate is the answer, shown when its confidence reaches the threshold. Weighing
+the model's vote against the ranking this way corrects the small model's position bias.
+Coefficients and threshold are fitted on ClapNQ questions by bench/bench_decision.py and
+stored in `decision.json` beside this module; the threshold was chosen there for the
+abstention rate on unanswerable questions."""
 
 from __future__ import annotations
 
@@ -29,14 +32,17 @@ class Signals:
 
     retrieval: float  # best dense cosine of a retrieved passage
     evidence: float  # relevance score of the best-ranked evidence sentence
-    chosen: float  # relevance score of the sentence the model chose
-    log_p_choice: float  # log of the model's probability for its choice
+    chosen: float  # relevance score of this candidate sentence
+    position: float  # where the model saw it: 0 = first
+    log_p_choice: float  # log of the model's probability for this candidate
     log_p_none: float  # log of the model's probability for "no sentence answers"
 
     @classmethod
-    def of(cls, retrieval: float, evidence: float, chosen: float, p_choice: float, p_none: float) -> Signals:
+    def of(
+        cls, retrieval: float, evidence: float, chosen: float, position: int, p_choice: float, p_none: float
+    ) -> Signals:
         return cls(
-            retrieval=retrieval, evidence=evidence, chosen=chosen,
+            retrieval=retrieval, evidence=evidence, chosen=chosen, position=float(position),
             log_p_choice=math.log(max(p_choice, MIN_PROBABILITY)), log_p_none=math.log(max(p_none, MIN_PROBABILITY)),
         )
 

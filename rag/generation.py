@@ -50,8 +50,8 @@ def first_token_probabilities(
     top: int = 20,
 ) -> dict[str, float]:
     """The model's probabilities for the first token of its reply ({token text: p}, its `top`
-    likeliest tokens): one forward pass over the prompt, nothing generated. Needs a provider
-    that returns logprobs (the embedded model, OpenAI-compatible servers)."""
+    likeliest tokens): one forward pass over the prompt, nothing generated. {} when the
+    provider returns no logprobs (the embedded model and OpenAI-compatible servers do)."""
     with _llm_errors(model, timeout_s):
         response = _completion(
             messages, model, api_base, local_settings, temperature=0.0, max_tokens=1, timeout=timeout_s,
@@ -60,7 +60,7 @@ def first_token_probabilities(
         logprobs = response.choices[0].logprobs if response.choices else None
         content = (logprobs.get("content") if isinstance(logprobs, dict) else getattr(logprobs, "content", None)) or []
         if not content:
-            raise GenerationError(f"model '{model}' returned no token probabilities")
+            return {}
         first = content[0]
         alternatives = first.get("top_logprobs") if isinstance(first, dict) else first.top_logprobs
         probabilities: dict[str, float] = {}

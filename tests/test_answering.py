@@ -70,7 +70,7 @@ def test_answer_from_documents_that_never_name_the_questions_subject_is_withheld
     question = "How many commune-level military party cells did the Gia Lai Provincial Military Party Committee establish?"
     response = seed_service.ask(question, AskOptions(model="extractive"))
     assert response.abstained and response.citations == []
-    assert "never mention Gia Lai" in response.notice and "529" in response.notice
+    assert "never mention Gia Lai" in response.notice and "529" not in response.notice + response.answer
 
 
 def test_markers_are_renumbered_checked_and_flagged(seed_service, scripted) -> None:
@@ -264,3 +264,13 @@ def test_a_choice_of_none_declines(seed_service, scripted_choice) -> None:
     scripted_choice({"0": 0.99, "The": 0.01})
     response = seed_service.ask(CELLS, AskOptions(model="local/scripted"))
     assert response.abstained and "found no answer" in response.notice
+
+
+def test_a_provider_without_token_probabilities_chooses_by_the_label_it_writes(seed_service, scripted, monkeypatch) -> None:
+    [cells] = chosen_labels(seed_service, CELLS, "529 commune-level")
+    monkeypatch.setattr(answering, "first_token_probabilities", lambda messages, **kwargs: {})
+    scripted(f"[{cells}]")
+    response = seed_service.ask(CELLS, AskOptions(model="local/scripted"))
+    assert "reply 0" in scripted.calls[0][0]["content"], "the choice prompt, not the free-form one"
+    assert not response.abstained and "529 commune-level" in response.answer
+    assert response.evidence[int(cells) - 1].probability == 1.0

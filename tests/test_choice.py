@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rag.choice import choice_from_probabilities, parse_choice
+from rag.choice import choice_from_probabilities, choice_from_reply, parse_choice
 from rag.decision import DecisionModel, Signals, load_decision_model
 
 
@@ -39,7 +39,7 @@ def test_labels_beyond_the_shown_candidates_and_other_tokens_are_ignored() -> No
 
 
 def signals(p_choice: float, p_none: float) -> Signals:
-    return Signals.of(retrieval=0.6, evidence=0.8, chosen=0.8, p_choice=p_choice, p_none=p_none)
+    return Signals.of(retrieval=0.6, evidence=0.8, chosen=0.8, position=0, p_choice=p_choice, p_none=p_none)
 
 
 def test_confidence_rises_with_the_models_certainty_and_the_threshold_decides() -> None:
@@ -55,3 +55,10 @@ def test_the_shipped_decision_model_prefers_a_sure_choice_over_a_decline() -> No
     model = load_decision_model()
     assert set(model.features) <= set(Signals.__dataclass_fields__) and 0 < model.threshold < 1
     assert model.confidence(signals(0.95, 0.01)) > model.threshold > model.confidence(signals(0.01, 0.98))
+
+
+@given(st.text(), st.integers(min_value=1, max_value=9))
+def test_a_text_reply_becomes_a_choice_that_names_what_it_names(reply: str, candidates: int) -> None:
+    choice = choice_from_reply(reply, candidates)
+    assert abs(choice.p_none + sum(choice.p) - 1) < 1e-9
+    assert (choice.best is None) == (parse_choice(reply, candidates) == [])
