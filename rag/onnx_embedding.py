@@ -1,9 +1,10 @@
 """The embedding model as int8 ONNX, run by ONNX Runtime: exported once from the very weights the
 torch backend loads (no other download) into the model cache, then reused.
 
-Export: torch.onnx.export of the transformer, then onnxruntime's quantize_dynamic (int8 weights,
-per output channel, MatMuls only). sentence-transformers' own ONNX export needs optimum, whose
-releases pin transformers 4.x and would downgrade the one installed here. Mean pooling and
+Export: torch.onnx.export of the transformer (eager attention), onnxruntime's BERT graph fusion
+(attention, embedding and skip layer norms, bias GELU), then its quantize_dynamic (int8 weights,
+per output channel). sentence-transformers' own ONNX export needs optimum, whose releases pin
+transformers 4.x and would downgrade the one installed here. Mean pooling and
 normalisation run in numpy, tokenization in `tokenizers`, so a loaded export needs no torch."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from rag.errors import BadInputError
 
 # Bump when the export recipe changes: caches made by an older recipe are then exported again.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 RECORD_FILE = "export.json"
@@ -89,7 +90,9 @@ def ensure_export(model_dir: Path, cache_dir: Path) -> Path:
 
 def _export(model_dir: Path, staging: Path) -> None:
     import torch
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(model_dir), device="cpu")
@@ -102,6 +105,8 @@ def _export(model_dir: Path, staging: Path) -> None:
     sample = tokenizer(["an example sentence", "a second, longer example sentence"], padding=True, return_tensors="pt")
     names = [name for name in INPUT_NAMES if name in sample]
     transformer = model[0].auto_model.eval()
+    # Eager attention exports as plain ops that the fusion below recognises; SDPA's export does not fuse.
+    transformer.set_attn_implementation("eager")
 
     class LastHiddenState(torch.nn.Module):
         def __init__(self) -> None:
@@ -122,13 +127,21 @@ def _export(model_dir: Path, staging: Path) -> None:
             LastHiddenState(), tuple(sample[name] for name in names), str(fp32), input_names=names,
             output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False,
         )
-    # Per-channel scales: one scale per weight matrix cost cosine 0.89 to fp32 on long SciFact
-    # abstracts, per channel 0.99. The embedding lookup stays fp32 (quantizing it gained no speed).
+    fused = staging / "fused.onnx"
+    config = transformer.config
+    optimize_model(str(fp32), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size).save_model_to_file(str(fused))
+    # Measured on long SciFact abstracts against torch fp32: unfused int8 took 0.85x torch's CPU
+    # time, fused int8 0.57x. Per-channel scales: one scale per weight matrix cost cosine 0.89 to
+    # fp32, per channel 0.99.
     logging.disable(logging.WARNING)  # the quantizer's advice to pre-process, printed on the user's terminal
     try:
-        quantize_dynamic(fp32, staging / MODEL_FILE, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+        quantize_dynamic(
+            fused, staging / MODEL_FILE, weight_type=QuantType.QInt8, per_channel=True,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops carry no type for the quantizer
+        )
     finally:
         logging.disable(logging.NOTSET)
+    fused.unlink()
     fp32.unlink()
     tokenizer.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
     record = {
@@ -155,7 +168,11 @@ class OnnxInt8Encoder:
         self.tokenizer = Tokenizer.from_file(str(export / TOKENIZER_FILE))
         self.tokenizer.enable_truncation(max_length=record["max_seq_length"])
         self.tokenizer.enable_padding(pad_id=record["pad_id"], pad_token=record["pad_token"])
-        self.session = onnxruntime.InferenceSession(str(export / MODEL_FILE), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        # Idle worker threads sleep instead of spinning: on a shared 2-core machine spinning threads
+        # take turns from the ones doing the work (as with llama.cpp's OpenMP, see LocalLLMSettings).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(str(export / MODEL_FILE), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
