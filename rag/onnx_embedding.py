@@ -77,6 +77,8 @@ def ensure_export(model_dir: Path, cache_dir: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be exporting the same model
         if _is_complete(target):
             return target
+        for leftover in target.parent.glob(".tmp-*"):  # a crashed export's; none runs while we hold the lock
+            shutil.rmtree(leftover, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
         try:
             _export(model_dir, staging)
@@ -89,8 +91,8 @@ def ensure_export(model_dir: Path, cache_dir: Path) -> Path:
 
 
 def _export(model_dir: Path, staging: Path) -> None:
-    import torch
     import onnx
+    import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
     from sentence_transformers import SentenceTransformer

@@ -85,6 +85,9 @@ def test_a_damaged_or_partial_export_is_exported_again(int8_embedder, cache_dir,
     target = export_dir(model_dir, own_cache)
     shutil.copytree(good, target)
     damage(target)
+    crashed = target.parent / ".tmp-crashed"  # what an export killed midway leaves
+    crashed.mkdir()
+    (crashed / MODEL_FILE).write_bytes(b"\x08\x07half a model")
     exports = []
 
     def copy_good_export(source: Path, staging: Path) -> None:  # the real export, without its seconds
