@@ -27,6 +27,8 @@ test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: install
+	# LlamaIndex is the baseline of bench_embed_backends.py only, never a package dependency.
+	$(BIN)/pip install --quiet -r bench/requirements-llamaindex.txt
 	$(BIN)/python bench/run_all.py
 
 clean:

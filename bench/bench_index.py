@@ -31,7 +31,7 @@ TARGET_OVERHEAD = 0.10
 STAGES = ("load", "clean_chunk", "dedup", "embed", "indexes", "write")
 
 
-class _TextRecorder:
+class TextRecorder:
     """Stands in for the model in a dry build, to learn which texts a real build embeds."""
 
     def __init__(self, dimension: int):
@@ -43,22 +43,27 @@ class _TextRecorder:
         return np.zeros((len(texts), self.dimension), dtype=np.float32)
 
 
-def _service(index_dir: Path, embedder: object) -> RagService:
-    settings = Settings()
+def bench_service(index_dir: Path, embedder: object, settings: Settings | None = None) -> RagService:
+    settings = settings or Settings()
     service = RagService(settings.model_copy(update={"index": settings.index.model_copy(update={"dir": index_dir})}))
     service.embedder = embedder  # loaded and warmed once; model loading is not build time
     return service
 
 
-def raw_encode_seconds(embedder: Embedder, texts: list[str]) -> float:
-    clock = time.perf_counter()
-    embedder.model.encode(
+def raw_encode(embedder: Embedder, texts: list[str]) -> np.ndarray:
+    """The model alone: `SentenceTransformer.encode` with the build's batch size, normalised."""
+    return embedder.model.encode(
         texts,
         batch_size=embedder.settings.batch_size,
         normalize_embeddings=True,
         convert_to_numpy=True,
         show_progress_bar=False,
     )
+
+
+def raw_encode_seconds(embedder: Embedder, texts: list[str]) -> float:
+    clock = time.perf_counter()
+    raw_encode(embedder, texts)
     return time.perf_counter() - clock
 
 
@@ -70,15 +75,15 @@ def measure(
 ) -> dict[str, object]:
     """Raw encode, build from scratch, raw encode again: the two raw runs bracket the build in
     time, so a load change on this shared machine shows as their spread, not as overhead."""
-    recorder = _TextRecorder(embedder.dimension)
+    recorder = TextRecorder(embedder.dimension)
     with tempfile.TemporaryDirectory(prefix="rag-bench-dry-") as tmp:
-        build(_service(Path(tmp), recorder))
+        build(bench_service(Path(tmp), recorder))
     texts = recorder.texts
     # Warm the kernels for long inputs too (the warm-up sentences in main are short).
     raw_encode_seconds(embedder, texts[: embedder.settings.batch_size])
     raws = [raw_encode_seconds(embedder, texts)]
     with tempfile.TemporaryDirectory(prefix="rag-bench-index-") as tmp:
-        service = _service(Path(tmp), embedder)
+        service = bench_service(Path(tmp), embedder)
         profiler = cProfile.Profile() if profile else None
         clock = time.perf_counter()
         if profiler:

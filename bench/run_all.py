@@ -111,11 +111,12 @@ def write_section(name: str, title: str, body: str) -> None:
 
 
 def main() -> None:
+    import bench_embed_backends
     import bench_index
     import bench_query
     import bench_scifact
 
-    for module in (bench_index, bench_query, bench_scifact):
+    for module in (bench_index, bench_query, bench_scifact, bench_embed_backends):
         clock = time.perf_counter()
         print(f"== {module.__name__} ==", flush=True)
         module.main([])

@@ -20,6 +20,7 @@ from pydantic_settings import (
 BUNDLED_EMBEDDING_MODEL = "bundled:all-MiniLM-L6-v2"
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
+EmbeddingBackend = Literal["torch", "onnx-int8"]
 
 
 class CleaningSettings(BaseModel):
@@ -43,6 +44,12 @@ class EmbeddingSettings(BaseModel):
     model: str = BUNDLED_EMBEDDING_MODEL
     batch_size: int = Field(64, ge=1)
     device: str = "cpu"
+    # torch = the fp32 sentence-transformers model; onnx-int8 = the same weights exported once to
+    # ONNX with int8 weights (dynamic quantization) and run by ONNX Runtime, for CPU speed.
+    # Vectors differ slightly, so an index is refused by the other backend (bench/RESULTS.md).
+    backend: EmbeddingBackend = "torch"
+    # Where the onnx-int8 export is kept; None = $XDG_CACHE_HOME/cited-rag/models (~/.cache/...).
+    cache_dir: Path | None = None
     # Prefix each chunk with its document title when embedding and BM25-indexing it
     # (offsets and shown text stay those of the chunk itself).
     include_title: bool = True

@@ -1,4 +1,5 @@
-"""Sentence-transformers embeddings, offline by default (bundled all-MiniLM-L6-v2)."""
+"""Sentence-transformers embeddings, offline by default (bundled all-MiniLM-L6-v2), run by torch
+or, as int8 ONNX, by ONNX Runtime (rag/onnx_embedding.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rag.config import BUNDLED_EMBEDDING_MODEL, EmbeddingSettings
 from rag.errors import BadInputError
+from rag.local_llm import default_cache_dir
+from rag.onnx_embedding import OnnxInt8Encoder, ensure_export
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 # Never reach for a hub at run time; keep library chatter off the user's terminal.
 OFFLINE_ENVIRONMENT = {
@@ -36,6 +43,12 @@ def resolve_model(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
+def embedding_fingerprint(settings: EmbeddingSettings) -> str:
+    """The model and the backend: int8 vectors differ from fp32 ones, so neither reuses the other's."""
+    fingerprint = model_fingerprint(settings.model)
+    return fingerprint if settings.backend == "torch" else f"{fingerprint}+{settings.backend}"
+
+
 def model_fingerprint(name: str) -> str:
     """Identifies the weights, not the path they were loaded from, so a moved venv keeps its index."""
     resolved = Path(resolve_model(name))
@@ -51,23 +64,16 @@ class Embedder:
     def __init__(self, settings: EmbeddingSettings):
         for variable, value in OFFLINE_ENVIRONMENT.items():
             os.environ.setdefault(variable, value)
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-
         self.settings = settings
         self.name = settings.model
-        self.fingerprint = model_fingerprint(settings.model)
-        try:
-            self.model = SentenceTransformer(resolve_model(settings.model), device=settings.device)
-        except (OSError, ValueError) as exc:
-            raise BadInputError(
-                f"cannot load embedding model '{settings.model}': not a local model folder and not in the "
-                f"offline Hugging Face cache ({type(exc).__name__})"
-            ) from None
-        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        dimension = dimension()
+        self.fingerprint = embedding_fingerprint(settings)
+        if settings.backend == "onnx-int8":
+            self.model: SentenceTransformer | OnnxInt8Encoder = _onnx_int8_model(settings)
+            dimension = self.model.dimension
+        else:
+            self.model = _torch_model(settings)
+            dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+            dimension = dimension()
         if not dimension:
             raise BadInputError(f"embedding model '{settings.model}' reports no embedding dimension")
         self.dimension = int(dimension)
@@ -80,19 +86,45 @@ class Embedder:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for begin in range(0, len(order), PROGRESS_SLICE):
             rows = order[begin : begin + PROGRESS_SLICE]
-            out[rows] = self.model.encode(
-                [texts[i] for i in rows],
-                batch_size=self.settings.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            out[rows] = self._encode_unit([texts[i] for i in rows])
             if progress:
                 progress(len(rows))
         return out
 
+    def _encode_unit(self, texts: list[str]) -> np.ndarray:
+        if isinstance(self.model, OnnxInt8Encoder):
+            return self.model.encode(texts, self.settings.batch_size)
+        return self.model.encode(
+            texts,
+            batch_size=self.settings.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
     def encode_query(self, query: str) -> np.ndarray:
         return self.encode([query])[0]
+
+
+def _torch_model(settings: EmbeddingSettings) -> SentenceTransformer:
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    try:
+        return SentenceTransformer(resolve_model(settings.model), device=settings.device)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(
+            f"cannot load embedding model '{settings.model}': not a local model folder and not in the "
+            f"offline Hugging Face cache ({type(exc).__name__})"
+        ) from None
+
+
+def _onnx_int8_model(settings: EmbeddingSettings) -> OnnxInt8Encoder:
+    model_dir = Path(resolve_model(settings.model))
+    if not model_dir.is_dir():
+        raise BadInputError(f"embedding backend onnx-int8 needs a local model folder, not '{settings.model}'")
+    return OnnxInt8Encoder(ensure_export(model_dir, (settings.cache_dir or default_cache_dir()).expanduser()))
 
 
 def embedding_key(fingerprint: str, text: str) -> str:

@@ -23,7 +23,7 @@ from rag.cleaning import clean_corpus, heading_title
 from rag.config import Settings
 from rag.dedup import group_duplicates
 from rag.dense import build_dense_index
-from rag.embedding import Embedder, embedding_key, model_fingerprint
+from rag.embedding import Embedder, embedding_fingerprint, embedding_key
 from rag.errors import BadInputError, IncompatibleIndexError, IndexDamagedError, IndexMissingError
 from rag.lexical import build_lexical_index
 from rag.loading import load_paths
@@ -134,7 +134,7 @@ def update_index(
     clock = time.perf_counter()
     with writer_lock(index_dir):
         previous, damaged = _previous_index(settings, rebuild, report)
-        fingerprint = model_fingerprint(settings.embedding.model)
+        fingerprint = embedding_fingerprint(settings.embedding)
         old_docs = dict(previous.documents) if previous else {}
         docs = dict(old_docs)
 
@@ -228,6 +228,7 @@ def _build(
         created_at=new_manifest_time(),
         embedding_model=settings.embedding.model,
         embedding_fingerprint=fingerprint,
+        embedding_backend=settings.embedding.backend,
         dimension=int(vectors.shape[1]),
         include_title=settings.embedding.include_title,
         chunking=settings.chunking,

@@ -16,7 +16,7 @@ from rag.access import is_unicode_text
 from rag.answering import Answerer, AnswerEvent, AskOptions
 from rag.checking import Checker, CheckReport, CheckRequest
 from rag.config import SearchMode, Settings, load_settings
-from rag.embedding import Embedder, model_fingerprint
+from rag.embedding import Embedder, embedding_fingerprint
 from rag.conversation import Turn, standalone_question
 from rag.errors import BadInputError, IncompatibleIndexError, PayloadTooLargeError, UnknownDocumentError
 from rag.indexing import EmbedProgress, IndexReport, update_index
@@ -43,7 +43,7 @@ class RagService:
         with self._lock:
             if self._index is None:
                 index = read_index(self.settings.index.dir)
-                problems = compatibility_problems(index.manifest, self.settings, model_fingerprint(self.settings.embedding.model))
+                problems = compatibility_problems(index.manifest, self.settings, embedding_fingerprint(self.settings.embedding))
                 if problems:
                     raise IncompatibleIndexError(
                         f"the index in {self.settings.index.dir}/ was built with other {', '.join(problems)}: "

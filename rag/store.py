@@ -54,6 +54,8 @@ class Manifest(BaseModel):
     created_at: str
     embedding_model: str
     embedding_fingerprint: str
+    # Indexes from before backends existed were all built by torch.
+    embedding_backend: str = "torch"
     dimension: int
     include_title: bool
     chunking: ChunkingSettings
@@ -97,7 +99,9 @@ def new_manifest_time() -> str:
 def compatibility_problems(manifest: Manifest, settings: Settings, fingerprint: str) -> list[str]:
     """How the index differs from what the current settings would build."""
     problems = []
-    if manifest.embedding_fingerprint != fingerprint:
+    if manifest.embedding_backend != settings.embedding.backend:
+        problems.append(f"embedding backend ({manifest.embedding_backend} -> {settings.embedding.backend})")
+    elif manifest.embedding_fingerprint != fingerprint:
         problems.append(f"embedding model ({manifest.embedding_model} -> {settings.embedding.model})")
     if manifest.include_title != settings.embedding.include_title:
         problems.append("embedding.include_title")
