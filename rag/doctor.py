@@ -33,7 +33,7 @@ def diagnose(settings: Settings, progress: Progress | None = None) -> list[Check
 
 
 def check_index(settings: Settings) -> Check:
-    from rag.embedding import model_fingerprint
+    from rag.embedding import embedding_fingerprint
 
     check = Check("index")
     index_dir = settings.index.dir
@@ -46,7 +46,7 @@ def check_index(settings: Settings) -> Check:
         check.problems.append(str(exc))
         return check
     generation = current_generation(index_dir)
-    for problem in compatibility_problems(data.manifest, settings, model_fingerprint(settings.embedding.model)):
+    for problem in compatibility_problems(data.manifest, settings, embedding_fingerprint(settings.embedding)):
         check.problems.append(f"the index in {index_dir}/ was built with other {problem}: run `rag index`")
     check.detail = (
         f"{generation.name}: {data.manifest.documents} documents, {data.manifest.chunks} passages; "
