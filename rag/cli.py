@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,7 +25,7 @@ from rich.table import Table
 
 from rag.config import SearchMode, Settings, load_settings
 from rag.errors import BadInputError, RagError
-from rag.indexing import IndexReport
+from rag.indexing import EmbedProgress, IndexReport
 
 app = typer.Typer(
     help="Questions answered with citations you can check.",
@@ -40,6 +44,9 @@ def _settings(index_dir: Path | None) -> Settings:
     settings = load_settings()
     if index_dir is not None:
         settings.index.dir = index_dir
+    if settings.index.dir.is_file():
+        source = "--index-dir" if index_dir is not None else "setting index.dir"
+        raise BadInputError(f"{source} {settings.index.dir} is a file, not an index folder")
     return settings
 
 
@@ -85,7 +92,13 @@ def _progress_bar(label: str = "{task.description}") -> Progress:
     )
 
 
-def _embed_progress():
+@contextmanager
+def _embed_progress(every_s: float) -> Iterator[EmbedProgress]:
+    """A progress bar on a terminal; elsewhere (a log) a line at the start, at the end and every
+    `every_s` seconds in between."""
+    if not err.is_terminal:
+        yield _progress_lines(every_s)
+        return
     progress = _progress_bar("Embedding passages")
     task = progress.add_task("embed", total=None)
 
@@ -94,7 +107,23 @@ def _embed_progress():
             progress.start()
         progress.update(task, completed=done, total=total)
 
-    return progress, update
+    try:
+        yield update
+    finally:
+        progress.stop()
+
+
+def _progress_lines(every_s: float) -> EmbedProgress:
+    last = -math.inf
+
+    def update(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done in (0, total) or now - last >= every_s:
+            last = now
+            err.print(f"embedded {done:,}/{total:,} passages", highlight=False)
+
+    return update
 
 
 @app.command()
@@ -106,11 +135,8 @@ def index(
 ) -> None:
     """Index documents: new and changed ones are embedded, deleted ones dropped."""
     service = _service(index_dir)
-    progress, update = _embed_progress()
-    try:
+    with _embed_progress(service.settings.index.progress_every_s) as update:
         report = service.update(paths=paths or [service.settings.corpus_dir], rebuild=rebuild, progress=update)
-    finally:
-        progress.stop()
     _print_json(_report_json(report)) if as_json else _print_report(report)
 
 
@@ -488,11 +514,8 @@ def serve(
     from rag.service import RagService
 
     service = RagService(settings)
-    progress, update = _embed_progress()
-    try:
+    with _embed_progress(settings.index.progress_every_s) as update:
         _print_report(service.update(paths=[settings.corpus_dir], progress=update))
-    finally:
-        progress.stop()
     import uvicorn
 
     from ui.app import create_app

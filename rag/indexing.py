@@ -27,7 +27,7 @@ from rag.embedding import Embedder, embedding_fingerprint, embedding_key
 from rag.errors import BadInputError, IncompatibleIndexError, IndexDamagedError, IndexMissingError
 from rag.lexical import build_lexical_index
 from rag.loading import load_paths
-from rag.schema import Chunk, Document
+from rag.schema import Chunk, Document, short_title
 from rag.store import (
     FORMAT_VERSION,
     IndexData,
@@ -57,6 +57,8 @@ class IndexReport:
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # Documents indexed without a single passage: cleaning dropped all of their text.
+    without_passages: list[str] = field(default_factory=list)
     rebuilt_because: list[str] = field(default_factory=list)
     documents: int = 0
     chunks: int = 0
@@ -140,7 +142,7 @@ def update_index(
 
         loaded: list[Document] = list(documents or [])
         if paths:
-            load_report, synced_roots = load_paths(paths)
+            load_report, synced_roots = load_paths(paths, settings.index.max_file_bytes)
             loaded.extend(load_report.documents)
             report.skipped = load_report.skipped
             seen = {d.doc_id for d in loaded}
@@ -200,12 +202,15 @@ def _build(
     blocks = clean_corpus(list(docs.values()), settings.cleaning)
     for doc_id, doc in docs.items():
         if doc.title is None and (title := heading_title(doc, blocks[doc_id])):
-            docs[doc_id] = doc.model_copy(update={"title": title})
+            docs[doc_id] = doc.model_copy(update={"title": short_title(title)})
     chunks = [
         chunk
         for doc_id in sorted(docs)
         for chunk in chunk_document(doc_id, docs[doc_id].text, blocks[doc_id], settings.chunking)
     ]
+    report.without_passages = sorted(set(docs) - {c.doc_id for c in chunks})
+    for doc_id in report.without_passages:
+        log.warning("%s has no passages: cleaning dropped all of its text as boilerplate", doc_id)
     report.seconds["clean_chunk"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -1,8 +1,8 @@
 """Read plain text, Markdown and HTML files into Documents.
 
 Text is decoded as UTF-8 without newline translation, so offsets match the bytes on disk as
-decoded. Files that cannot be documents (binary, empty, undecodable, unknown type) are
-skipped with a warning naming the file; they never abort a run."""
+decoded. Files that cannot be documents (binary, empty, undecodable, unknown type, over the
+size limit) are skipped with a warning naming the file; they never abort a run."""
 
 from __future__ import annotations
 
@@ -50,16 +50,24 @@ def discover(path: Path) -> tuple[Path, list[Path]]:
     return path.resolve(), files
 
 
-def load_file(path: Path, root: Path, report: LoadReport) -> Document | None:
+def load_file(path: Path, root: Path, report: LoadReport, max_bytes: int) -> Document | None:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         report.skip(path, f"unsupported file type '{suffix}' (use .txt, .md or .html)")
         return None
     try:
-        data = path.read_bytes()
         stat = path.stat()
+        if stat.st_size > max_bytes:
+            report.skip(path, f"{stat.st_size:,} bytes, over the limit of {max_bytes:,} (index.max_file_bytes)")
+            return None
+        # One byte more than the limit: a file that grew after stat() is still caught.
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
     except OSError as exc:
         report.skip(path, f"cannot read: {exc.strerror or exc}")
+        return None
+    if len(data) > max_bytes:
+        report.skip(path, f"over the limit of {max_bytes:,} bytes (index.max_file_bytes)")
         return None
     if b"\x00" in data[:8192]:
         report.skip(path, "binary file")
@@ -100,9 +108,9 @@ def _extract_html(html: str) -> tuple[str, str | None, str | None]:
     return text, title, url
 
 
-def load_paths(paths: list[Path]) -> tuple[LoadReport, list[Path]]:
-    """Load every supported file under `paths`. Returns the report and the roots given as folders
-    (whose vanished files are deletions)."""
+def load_paths(paths: list[Path], max_bytes: int) -> tuple[LoadReport, list[Path]]:
+    """Load every supported file under `paths` of at most `max_bytes`. Returns the report and the
+    roots given as folders (whose vanished files are deletions)."""
     report = LoadReport()
     synced_roots: list[Path] = []
     for path in paths:
@@ -110,6 +118,6 @@ def load_paths(paths: list[Path]) -> tuple[LoadReport, list[Path]]:
         if path.is_dir():
             synced_roots.append(root)
         for file in files:
-            if (doc := load_file(file, root, report)) is not None:
+            if (doc := load_file(file, root, report, max_bytes)) is not None:
                 report.documents.append(doc)
     return report, synced_roots

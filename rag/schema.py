@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+# Titles are shown in every result and prefixed to every passage embedded: a heading or first
+# line of megabytes (one long word, a minified page) must not become a title of megabytes.
+MAX_TITLE_CHARS = 200
+
+
+def short_title(title: str) -> str:
+    """`title`, cut to MAX_TITLE_CHARS with a closing "…" when longer."""
+    return title if len(title) <= MAX_TITLE_CHARS else title[: MAX_TITLE_CHARS - 1].rstrip() + "…"
 
 
 class Document(BaseModel):
@@ -20,13 +29,18 @@ class Document(BaseModel):
     size: int = 0
     mtime_ns: int = 0
 
+    @field_validator("title")
+    @classmethod
+    def _short_title(cls, title: str | None) -> str | None:
+        return None if title is None else short_title(title)
+
     @property
     def display_title(self) -> str:
         if self.title:
             return self.title
         first_line = self.text.strip().split("\n", 1)[0]
         words = first_line.split()
-        return " ".join(words[:12]) + (" …" if len(words) > 12 else "") if words else self.doc_id
+        return short_title(" ".join(words[:12]) + (" …" if len(words) > 12 else "")) if words else self.doc_id
 
 
 class Span(BaseModel):

@@ -162,7 +162,7 @@ class RagService:
                 handle.flush()
                 os.fsync(handle.fileno())
             check = LoadReport()
-            if load_file(tmp, corpus, check) is None:
+            if load_file(tmp, corpus, check, self.settings.index.max_file_bytes) is None:
                 raise BadInputError(f"cannot index {name}: {check.skipped[0][1]}")
             existed = target.exists()
             os.replace(tmp, target)

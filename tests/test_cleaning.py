@@ -1,7 +1,7 @@
 from conftest import BOILERPLATE, SEEDS
 
 from rag.cleaning import clean_corpus, repeated_lines, split_blocks
-from rag.config import CleaningSettings
+from rag.config import CleaningSettings, IndexSettings
 from rag.loading import load_paths
 from rag.schema import Document
 
@@ -23,7 +23,7 @@ PROSE = (
 
 
 def test_seed_boilerplate_is_dropped_and_content_kept() -> None:
-    report, _ = load_paths([SEEDS])
+    report, _ = load_paths([SEEDS], IndexSettings().max_file_bytes)
     blocks = clean_corpus(report.documents, CleaningSettings())
     for document in report.documents:
         kept = "\n".join(document.text[b.start : b.end] for b in blocks[document.doc_id])

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow
 RAG = [sys.executable, "-m", "rag.cli"]
 
 
-def rag(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
+def rag(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120", **(env or {})}
     env.pop("RAG_DEBUG", None)
     return subprocess.run([*RAG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -171,3 +171,51 @@ def test_serve_refuses_a_busy_port_or_missing_corpus_with_one_line(tmp_path) -> 
     assert not (tmp_path / "index").exists()
     result = rag("serve", "--corpus", str(tmp_path / "missing"), cwd=tmp_path)
     assert result.returncode == 2 and "no such corpus folder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("[retrieval]\nk = \n", {}, "rag.toml is not valid TOML: Invalid value (at line 2, column 5)"),
+        ("", {"RAG_RETRIEVAL__K": "abc"}, "setting retrieval.k (from RAG_RETRIEVAL__K): Input should be a valid integer"),
+        ("[retrieval]\nk = 0\n", {}, "setting retrieval.k (from rag.toml): Input should be greater than or equal to 1"),
+        ("[retreival]\nk = 3\n", {}, "unknown setting retreival in rag.toml"),
+        ("[server]\nport = 99999\n", {"RAG_CONFIG": "other.toml"}, "setting server.port (from other.toml)"),
+        ("", {"RAG_INDEX__DIR": "rag.toml"}, "setting index.dir rag.toml is a file, not an index folder"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line_naming_them(tmp_path, toml, env, message) -> None:
+    (tmp_path / env.get("RAG_CONFIG", "rag.toml")).write_text(toml, encoding="utf-8")
+    (tmp_path / "rag.toml").touch()
+    result = rag("search", "border", cwd=tmp_path, env=env)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.startswith(f"error: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_index_dir_that_is_a_file_and_unrelated_rag_variables(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("not an index", encoding="utf-8")
+    result = rag("search", "border", "--index-dir", "notes.txt", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == "error: --index-dir notes.txt is a file, not an index folder"
+    # RAG_* variables that are no setting belong to someone else: ignored.
+    result = rag("search", "border", "--index-dir", "none", cwd=tmp_path, env={"RAG_UNRELATED": "1", "RAG_CONFIG_X": "y"})
+    assert result.returncode == 2 and "run `rag index` first" in result.stderr
+
+
+def test_index_prints_progress_lines_when_stderr_is_not_a_terminal(tmp_path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for number in range(60):
+        paragraphs = (f"Record {number}-{part} notes harbour {number * 10 + part} boats, nets and a lighthouse."
+                      for part in range(10))
+        (corpus / f"doc{number:02}.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    env = {
+        "RAG_INDEX__PROGRESS_EVERY_S": "0", "RAG_CLEANING__ENABLED": "false",
+        "RAG_CHUNKING__TARGET_WORDS": "10", "RAG_CHUNKING__MAX_WORDS": "20", "RAG_CHUNKING__MIN_WORDS": "0",
+    }
+    result = rag("index", str(corpus), "--index-dir", str(tmp_path / "index"), "--json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    embedded = json.loads(result.stdout)["embedded"]
+    assert embedded == 600
+    # One line per slice of embedded passages (rag/embedding.py PROGRESS_SLICE = 512).
+    assert result.stderr.splitlines() == ["embedded 0/600 passages", "embedded 512/600 passages", "embedded 600/600 passages"]

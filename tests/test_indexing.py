@@ -157,3 +157,13 @@ def test_kill_mid_write_keeps_the_previous_index(tmp_path, corpus, embedder) -> 
 def test_missing_index_is_a_clear_error(tmp_path, embedder) -> None:
     with pytest.raises(IndexMissingError, match="run `rag index` first"):
         make_service(make_settings(tmp_path / "nothing"), embedder).search("anything")
+
+
+def test_a_document_without_passages_is_reported(tmp_path, embedder, caplog) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "story.txt").write_text(NEW_DOC, encoding="utf-8")
+    (corpus / "widget.txt").write_text("Comment (0)\n", encoding="utf-8")
+    report = make_service(make_settings(tmp_path / "index", corpus), embedder).update(paths=[corpus])
+    assert report.documents == 2 and report.without_passages == ["widget.txt"]
+    assert "widget.txt has no passages" in caplog.text

@@ -1,6 +1,9 @@
 from pathlib import Path
 
+from rag.config import IndexSettings
 from rag.loading import load_paths
+
+LIMIT = IndexSettings().max_file_bytes
 
 
 def write(path: Path, data: str | bytes) -> Path:
@@ -18,7 +21,7 @@ def test_loads_text_markdown_and_html_with_relative_ids(tmp_path: Path) -> None:
         "<article><h1>Page Title</h1><p>" + "The river floods every spring and the town prepares sandbags. " * 6
         + "</p></article></body></html>",
     )
-    report, roots = load_paths([tmp_path])
+    report, roots = load_paths([tmp_path], LIMIT)
     docs = {d.doc_id: d for d in report.documents}
     assert set(docs) == {"a.txt", "sub/b.md", "c.html"}
     assert roots == [tmp_path.resolve()]
@@ -40,7 +43,7 @@ def test_bad_files_are_skipped_with_a_reason_and_nothing_else_is_lost(tmp_path: 
     write(tmp_path / "empty.txt", "   \n\n")
     write(tmp_path / "image.png", b"\x89PNG")
     write(tmp_path / ".hidden.txt", "ignored")
-    report, _ = load_paths([tmp_path])
+    report, _ = load_paths([tmp_path], LIMIT)
     assert [d.doc_id for d in report.documents] == ["good.txt"]
     reasons = {Path(p).name: r for p, r in report.skipped}
     assert reasons["binary.txt"] == "binary file"
@@ -53,7 +56,7 @@ def test_bad_files_are_skipped_with_a_reason_and_nothing_else_is_lost(tmp_path: 
 
 def test_single_file_gets_its_name_as_id(tmp_path: Path) -> None:
     path = write(tmp_path / "deep" / "note.txt", "Just one note with some words in it.")
-    report, roots = load_paths([path])
+    report, roots = load_paths([path], LIMIT)
     assert [d.doc_id for d in report.documents] == ["note.txt"]
     assert roots == []  # files are added, never mirrored
 
@@ -61,7 +64,30 @@ def test_single_file_gets_its_name_as_id(tmp_path: Path) -> None:
 def test_seed_source_url_becomes_metadata() -> None:
     from conftest import SEEDS
 
-    report, _ = load_paths([SEEDS])
+    report, _ = load_paths([SEEDS], LIMIT)
     urls = {d.doc_id: d.source_url for d in report.documents}
     assert urls["004_a3b36d9e2d4bee8b.txt"].startswith("https://baogialai.com.vn/")
     assert len(report.documents) == 5
+
+
+def test_a_file_over_the_size_limit_is_skipped_unread(tmp_path: Path, monkeypatch, caplog) -> None:
+    write(tmp_path / "small.txt", "A short note about the harbour.")
+    write(tmp_path / "huge.txt", "word " * 30)
+    opened: list[str] = []
+    real_open = Path.open
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: opened.append(self.name) or real_open(self, *a, **k))
+    report, _ = load_paths([tmp_path], 100)
+    assert [d.doc_id for d in report.documents] == ["small.txt"]
+    reasons = {Path(p).name: r for p, r in report.skipped}
+    assert reasons["huge.txt"] == "150 bytes, over the limit of 100 (index.max_file_bytes)"
+    assert "huge.txt" in caplog.text
+    assert opened == ["small.txt"]  # judged by its size on disk, never read
+
+
+def test_titles_are_capped(tmp_path: Path) -> None:
+    write(tmp_path / "one-word.txt", "x" * 5_000_000)
+    write(tmp_path / "heading.md", "# " + "Long heading " * 100 + "\n\nBody text of the note.\n")
+    docs = {d.doc_id: d for d in load_paths([tmp_path], LIMIT)[0].documents}
+    for doc in docs.values():
+        assert len(doc.display_title) <= 200 and doc.display_title.endswith("…")
+    assert docs["heading.md"].display_title.startswith("Long heading Long heading")
