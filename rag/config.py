@@ -108,7 +108,7 @@ class EvidenceSettings(BaseModel):
     passages: int = Field(12, ge=1)
     # Sentences kept as evidence: the candidates the model chooses among (at most 9, one label
     # token each) and the sentences an extractive answer starts from; `max_words` bounds the
-    # prompt. Chosen on ClapNQ (bench/bench_evidence.py, bench/RESULTS.md).
+    # prompt. Chosen on ClapNQ (bench/RESULTS.md, "Cited answers from numbered evidence").
     sentences: int = Field(6, ge=1, le=9)
     max_words: int = Field(220, ge=1)
     # Sentence score = cosine_weight * cosine + (1 - cosine_weight) * question-word recall
