@@ -268,7 +268,7 @@ def test_keys_come_from_settings_the_environment_and_a_key_file(tmp_path, monkey
     settings = Settings()
     assert settings.server.api_keys == [READ_KEY, "second-read-key-0000000000"] and settings.server.admin_keys == [ADMIN_KEY]
     key_file = tmp_path / "keys"
-    key_file.write_text(f"# readers\nfile-read-key-00000000000\n\nadmin: file-admin-key-000000000\n")
+    key_file.write_text("# readers\nfile-read-key-00000000000\n\nadmin: file-admin-key-000000000\n")
     settings.server.api_key_file = key_file
     keys = load_keys(settings.server)
     roles = {key: keys.key_role(key) for key in (READ_KEY, ADMIN_KEY, "file-read-key-00000000000", "file-admin-key-000000000")}

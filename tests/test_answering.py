@@ -9,7 +9,6 @@ import pytest
 from rag import answering
 from rag.answering import AskOptions, adds_to_question
 from rag.errors import BadInputError
-from rag.generation import GenerationError
 from rag.prompts import answer_messages, choice_messages
 
 pytestmark = pytest.mark.slow
