@@ -25,7 +25,7 @@ ANSWER_USER = "Passages:\n{passages}\n\nQuestion: {question}"
 PASSAGE = "[{number}] {text}"
 
 # The decline sentinel's first token, as the bundled model's tokenizer splits it, with and
-# without a leading space: the tokens `answer.decline_bias` applies to (and a second look bans).
+# without a leading space: the tokens `answer.decline_bias` applies to.
 DECLINE_TOKENS = ("NOT", " NOT")
 
 # One answer and one decline on made-up passages; the decline shows that a passage about another
