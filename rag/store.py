@@ -268,7 +268,8 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
 def write_index(index_dir: Path, data: IndexData, discard: Path | None = None) -> Path:
     """Write a new generation and publish it, then delete `discard` (a damaged generation, so
     that the sound one before it is the one kept beside the new); the caller holds `writer_lock`."""
-    name = f"gen-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    # Microseconds: two builds within one second must still sort newest first (generations()).
+    name = f"gen-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
     staging = index_dir / f".tmp-{name}"
     staging.mkdir(parents=True)
     try:
