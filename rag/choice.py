@@ -25,10 +25,6 @@ class Choice:
             return None
         return max(range(len(self.p)), key=lambda i: (self.p[i], -i))
 
-    @property
-    def p_best(self) -> float:
-        return self.p[self.best] if self.best is not None else 0.0
-
 
 def choice_from_probabilities(token_probabilities: dict[str, float], candidates: int) -> Choice:
     """A Choice from the first token's probabilities ({token text: p}, e.g. top-20 logprobs);
