@@ -22,8 +22,9 @@ from rag.config import Settings
 from rag.embed.encoder import Embedder, embedding_fingerprint, embedding_key
 from rag.errors import BadInputError
 from rag.ingest.chunking import chunk_document
-from rag.ingest.cleaning import clean_corpus, heading_title
+from rag.ingest.cleaning import clean_document, heading_title
 from rag.ingest.dedup import group_duplicates
+from rag.ingest.incremental import IngestState, load_state, new_state, save_state, state_key
 from rag.ingest.loading import load_paths
 from rag.schema import Chunk, Document, short_title
 from rag.stores.base import (
@@ -52,7 +53,7 @@ class IndexReport:
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    # Documents indexed without a single passage: cleaning dropped all of their text.
+    # Documents (re)chunked by this update without a single passage: cleaning dropped all of their text.
     without_passages: list[str] = field(default_factory=list)
     rebuilt_because: list[str] = field(default_factory=list)
     documents: int = 0
@@ -136,9 +137,10 @@ def update_index(
             return report
 
         replace_all = bool(report.rebuilt_because) or store.manifest is None
-        changes = _changes(settings, docs, store, replace_all, rebuild, fingerprint, embedder_factory, progress, report)
+        changes, state = _changes(settings, docs, store, replace_all, rebuild, fingerprint, embedder_factory, progress, report)
         clock = time.perf_counter()
         store.apply(changes)
+        save_state(index_dir, state)
         report.seconds["write"] = time.perf_counter() - clock
         report.written = True
         return report
@@ -154,54 +156,82 @@ def _changes(
     embedder_factory: Callable[[], Embedder] | None,
     progress: EmbedProgress | None,
     report: IndexReport,
-) -> Changes:
-    """What the update changes, per document, with the vectors of every new chunk."""
+) -> tuple[Changes, IngestState]:
+    """What the update changes, per document, with the vectors of every new chunk; and the
+    ingest state after it. Only documents whose text changed, and those whose cleaning a
+    change of boilerplate lines reaches, are cleaned and chunked again; only the near-copy
+    groups touching a changed chunk are recomputed (rag.ingest.incremental)."""
     clock = time.perf_counter()
-    blocks = clean_corpus(list(docs.values()), settings.cleaning)
-    for doc_id, doc in docs.items():
-        if doc.title is None and (title := heading_title(doc, blocks[doc_id])):
-            docs[doc_id] = doc.model_copy(update={"title": short_title(title)})
-    chunks = [
-        chunk
-        for doc_id in sorted(docs)
-        for chunk in chunk_document(doc_id, docs[doc_id].text, blocks[doc_id], settings.chunking)
-    ]
-    report.without_passages = sorted(set(docs) - {c.doc_id for c in chunks})
+    stored = {} if replace_all else store.documents
+    if replace_all:
+        state = new_state(settings, key="")
+    else:
+        state = load_state(settings.index.dir, state_key(settings, store.manifest.corpus_fingerprint))
+        state = state or _state_from_store(settings, store)
+    text_changed = [d for d in docs if d not in stored or stored[d].sha256 != docs[d].sha256]
+    gone = [d for d in stored if d not in docs or stored[d].sha256 != docs[d].sha256]
+    recleaned = state.lines.update(gone, [docs[d] for d in text_changed])
+    state.heading_titles.difference_update(gone)
+    new_chunks: dict[str, list[Chunk]] = {}
+    for doc_id in sorted({*text_changed, *recleaned}):
+        doc = docs[doc_id]
+        blocks = clean_document(doc, state.lines.boilerplate_of(doc_id), settings.cleaning)
+        if doc.title is None or doc_id in state.heading_titles:
+            title = heading_title(doc, blocks)
+            docs[doc_id] = doc = doc.model_copy(update={"title": short_title(title) if title else None})
+            if title:
+                state.heading_titles.add(doc_id)
+            else:
+                state.heading_titles.discard(doc_id)
+        new_chunks[doc_id] = chunk_document(doc_id, doc.text, blocks, settings.chunking)
+    old_chunks = {d: store.chunks_of(d) for d in {*gone, *new_chunks} if d in stored}
+    for doc_id in recleaned:
+        if [(c.chunk_id, c.text) for c in new_chunks[doc_id]] == [(c.chunk_id, c.text) for c in old_chunks[doc_id]]:
+            del new_chunks[doc_id], old_chunks[doc_id]  # its boilerplate changed, its passages did not
+    report.without_passages = sorted(d for d, chunks in new_chunks.items() if not chunks)
     for doc_id in report.without_passages:
         log.warning("%s has no passages: cleaning dropped all of its text as boilerplate", doc_id)
     report.seconds["clean_chunk"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    chunks = group_duplicates(chunks, settings.index.dedup_threshold, settings.index.dedup_num_perm)
+    removed_chunks = [c for chunks in old_chunks.values() for c in chunks]
+    added_chunks = [c for doc_id in sorted(new_chunks) for c in new_chunks[doc_id]]
+    component = state.sketches.update([c.chunk_id for c in removed_chunks], added_chunks)
+    kept_in_component = _stored_chunks(store, component - {c.chunk_id for c in added_chunks})
+    grouped = {
+        c.chunk_id: c
+        for c in group_duplicates(
+            [*added_chunks, *kept_in_component.values()],
+            settings.index.dedup_threshold,
+            settings.index.dedup_num_perm,
+            state.sketches.signatures,
+        )
+    }
     report.seconds["dedup"] = time.perf_counter() - clock
 
-    by_doc: dict[str, list[Chunk]] = {doc_id: [] for doc_id in docs}
-    for chunk in chunks:
-        by_doc[chunk.doc_id].append(chunk)
-    stored = {} if replace_all else store.documents
-    upserted: list[str] = []
-    annotated: list[Chunk] = []
-    for doc_id, doc_chunks in by_doc.items():
-        if doc_id not in stored or stored[doc_id] != docs[doc_id]:
-            upserted.append(doc_id)
-            continue
-        old = store.chunks_of(doc_id)
-        if [(c.chunk_id, c.text) for c in old] != [(c.chunk_id, c.text) for c in doc_chunks]:
-            upserted.append(doc_id)  # cleaning kept other spans of it because of another document
-        else:
-            annotated.extend(new for new, was in zip(doc_chunks, old) if new != was)
+    upserted = sorted({*new_chunks, *(d for d in stored if d in docs and docs[d] != stored[d])})
+    rows_of = {
+        doc_id: [grouped.get(c.chunk_id, c) for c in (new_chunks[doc_id] if doc_id in new_chunks else store.chunks_of(doc_id))]
+        for doc_id in upserted
+    }
+    annotated = [grouped[i] for i, c in kept_in_component.items() if c.doc_id not in rows_of and grouped[i] != c]
 
     texts = {
-        doc_id: [embedding_text(c, docs[doc_id], settings.embedding.include_title) for c in by_doc[doc_id]]
+        doc_id: [embedding_text(c, docs[doc_id], settings.embedding.include_title) for c in rows_of[doc_id]]
         for doc_id in upserted
     }
     keys = {doc_id: [embedding_key(fingerprint, t) for t in texts[doc_id]] for doc_id in upserted}
     vectors = _vectors_for(texts, keys, store, rebuild, embedder_factory, progress, report)
-    # Chunks of untouched documents keep their stored vectors.
-    report.reused_vectors += len(chunks) - len(vectors)
 
-    report.chunks = len(chunks)
-    report.canonical_chunks = sum(c.duplicate_of is None for c in chunks)
+    before = store.manifest if not replace_all else None
+    report.chunks = (before.chunks if before else 0) - len(removed_chunks) + len(added_chunks)
+    # Canonical passages: those stored, less the ones regrouped, plus the regrouped outcome.
+    was_canonical = sum(c.duplicate_of is None for c in [*removed_chunks, *kept_in_component.values()])
+    report.canonical_chunks = (
+        (before.canonical_chunks if before else 0) - was_canonical + sum(c.duplicate_of is None for c in grouped.values())
+    )
+    # Chunks of documents this update leaves alone keep their stored vectors.
+    report.reused_vectors += report.chunks - len(vectors)
     manifest = Manifest(
         created_at=new_manifest_time(),
         embedding_model=settings.embedding.model,
@@ -219,13 +249,32 @@ def _changes(
         canonical_chunks=report.canonical_chunks,
         versions=package_versions(),
     )
+    state.key = state_key(settings, manifest.corpus_fingerprint)
     rows, offset = [], 0
     for doc_id in upserted:
-        n = len(by_doc[doc_id])
-        rows.append(DocumentRows(docs[doc_id], by_doc[doc_id], texts[doc_id], vectors[offset : offset + n], keys[doc_id]))
+        n = len(rows_of[doc_id])
+        rows.append(DocumentRows(docs[doc_id], rows_of[doc_id], texts[doc_id], vectors[offset : offset + n], keys[doc_id]))
         offset += n
     removed = sorted(set(stored) - set(docs))
-    return Changes(upserted=rows, removed=removed, annotated=annotated, manifest=manifest, replace_all=replace_all)
+    changes = Changes(upserted=rows, removed=removed, annotated=annotated, manifest=manifest, replace_all=replace_all)
+    return changes, state
+
+
+def _stored_chunks(store: StoreWriter, chunk_ids: set[str]) -> dict[str, Chunk]:
+    """Stored chunks by id (a chunk id is "doc_id:start-end")."""
+    doc_ids = {chunk_id.rsplit(":", 1)[0] for chunk_id in chunk_ids}
+    return {c.chunk_id: c for doc_id in sorted(doc_ids) for c in store.chunks_of(doc_id) if c.chunk_id in chunk_ids}
+
+
+def _state_from_store(settings: Settings, store: StoreWriter) -> IngestState:
+    """The ingest state of the stored index, when none was saved for it (an index from before
+    incremental updates, or a kill between publishing an update and saving its state): the
+    stored documents and chunks are read, not cleaned or chunked again."""
+    log.info("rebuilding the ingest state of %s from its documents", settings.index.dir)
+    state = new_state(settings, state_key(settings, store.manifest.corpus_fingerprint))
+    state.lines.update([], list(store.documents.values()))
+    state.sketches.update([], [c for doc_id in sorted(store.documents) for c in store.chunks_of(doc_id)])
+    return state
 
 
 def _vectors_for(

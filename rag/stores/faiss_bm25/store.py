@@ -319,6 +319,9 @@ class FaissBm25Writer:
         self._damaged: Path | None = None
         self.data = self._open()
         self._row_of_key = {key: row for row, key in enumerate(self.data.embedding_keys)} if self.data else {}
+        self._doc_rows: dict[str, list[int]] = {}
+        for row, chunk in enumerate(self.data.chunks if self.data else []):
+            self._doc_rows.setdefault(chunk.doc_id, []).append(row)
 
     def _open(self) -> IndexData | None:
         try:
@@ -356,7 +359,7 @@ class FaissBm25Writer:
         return self.data.documents if self.data else {}
 
     def chunks_of(self, doc_id: str) -> list[Chunk]:
-        return [c for c in self.data.chunks if c.doc_id == doc_id] if self.data else []
+        return [self.data.chunks[row] for row in self._doc_rows.get(doc_id, [])]
 
     def vectors_for(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
         return {key: self.data.vectors[self._row_of_key[key]] for key in keys if key in self._row_of_key}
