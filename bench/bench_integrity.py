@@ -133,22 +133,28 @@ def resign(generation: Path) -> None:
     (generation / MANIFEST).write_text(json.dumps(manifest))
 
 
+def segment(generation: Path) -> Path:
+    """The first (largest) segment of a generation, where its data files are."""
+    return generation / json.loads((generation / MANIFEST).read_text())["segments"][0]
+
+
 def shift_offsets(generation: Path) -> None:
-    lines = (generation / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (segment(generation) / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
     chunk = json.loads(lines[3])
     chunk["start"], chunk["end"] = chunk["start"] + 3, chunk["end"] + 3
     lines[3] = json.dumps(chunk)
-    (generation / "chunks.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (segment(generation) / "chunks.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def damage_cases(foreign_faiss: Path) -> dict[str, Callable[[Path], None]]:
     cases: dict[str, Callable[[Path], None]] = {}
     for name in ("dense.faiss", "vectors.npy", "chunks.jsonl", "documents.jsonl", "embedding_keys.json",
-                 "bm25/data.csc.index.npy", "bm25/vocab.index.json", MANIFEST):
-        cases[f"{name} truncated"] = lambda g, n=name: truncate(g / n)
-        cases[f"{name} random bytes"] = lambda g, n=name: scramble(g / n)
-    cases["dense.faiss from another index"] = lambda g: shutil.copy(foreign_faiss, g / "dense.faiss")
-    cases["dense.faiss from another index, manifest re-signed"] = lambda g: (shutil.copy(foreign_faiss, g / "dense.faiss"), resign(g))
+                 "bm25/tf.npy", "bm25/vocab.json", MANIFEST):
+        where = (lambda g: g) if name == MANIFEST else segment
+        cases[f"{name} truncated"] = lambda g, n=name, w=where: truncate(w(g) / n)
+        cases[f"{name} random bytes"] = lambda g, n=name, w=where: scramble(w(g) / n)
+    cases["dense.faiss from another index"] = lambda g: shutil.copy(foreign_faiss, segment(g) / "dense.faiss")
+    cases["dense.faiss from another index, manifest re-signed"] = lambda g: (shutil.copy(foreign_faiss, segment(g) / "dense.faiss"), resign(g))
     cases["offsets of one chunk shifted by 3"] = shift_offsets
     cases["offsets shifted, manifest re-signed"] = lambda g: (shift_offsets(g), resign(g))
     cases["generation folder deleted (CURRENT names a missing one)"] = shutil.rmtree
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         build(case_settings, paths=[corpus])
         foreign = Settings()
         foreign.index.dir = work / "foreign"
-        foreign_faiss = build(foreign, paths=[ROOT / "seeds" / "000_c1a45aa062b469e9.txt"]) / "dense.faiss"
+        foreign_faiss = segment(build(foreign, paths=[ROOT / "seeds" / "000_c1a45aa062b469e9.txt"])) / "dense.faiss"
 
         scifact = beir_settings(Settings(), work / "scifact-index")
         clock = time.perf_counter()

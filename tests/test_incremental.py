@@ -16,6 +16,7 @@ from rag.ingest.cleaning import repeated_lines
 from rag.ingest.dedup import group_duplicates
 from rag.ingest.incremental import ChunkSketches, LineStats, document_lines
 from rag.schema import Chunk, Document
+from rag.stores.faiss_bm25 import store
 from rag.stores.faiss_bm25.store import read_index
 
 # A small pool, so that lines recur across documents and some documents share most lines.
@@ -132,7 +133,9 @@ def snapshot(service) -> dict:
 
 
 @pytest.mark.slow
-def test_an_index_updated_document_by_document_equals_a_fresh_build(tmp_path, embedder) -> None:
+@pytest.mark.parametrize("max_segments", [2, store.MAX_SEGMENTS], ids=["merging", "default"])
+def test_an_index_updated_document_by_document_equals_a_fresh_build(tmp_path, embedder, monkeypatch, max_segments) -> None:
+    monkeypatch.setattr(store, "MAX_SEGMENTS", max_segments)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     service = make_service(make_settings(tmp_path / "updated", corpus), embedder)
@@ -155,6 +158,9 @@ def test_an_index_updated_document_by_document_equals_a_fresh_build(tmp_path, em
     assert service.update(paths=[corpus]).removed == [seeds[0].name]
     service.update(remove=["harbour.txt"])
     (corpus / "harbour.txt").unlink()
+    segments = read_index(tmp_path / "updated").manifest.segments
+    # Each update wrote one segment; they merge past the limit (or when many rows are deleted).
+    assert len(segments) <= max_segments + 1
 
     fresh = make_service(make_settings(tmp_path / "fresh", corpus), embedder)
     fresh.update(paths=[corpus])

@@ -33,9 +33,18 @@ NEW_DOC = (
     "diesel generator is kept only as a reserve for long stretches of cloudy weather."
 )
 
-# One file of each kind a generation holds.
+# One file of each kind a generation holds: in its first segment, and the manifest.
 FILES = ["dense.faiss", "vectors.npy", "chunks.jsonl", "documents.jsonl", "embedding_keys.json",
-         "bm25/data.csc.index.npy", "bm25/vocab.index.json", "bm25/params.index.json", MANIFEST]
+         "bm25/tf.npy", "bm25/vocab.json", "bm25/lengths.npy", MANIFEST]
+
+
+def segment(generation: Path) -> Path:
+    """The first (largest) segment of a generation."""
+    return generation / json.loads((generation / MANIFEST).read_text())["segments"][0]
+
+
+def located(generation: Path, name: str) -> Path:
+    return generation / name if name == MANIFEST else segment(generation) / name
 
 
 def truncate(path: Path) -> None:
@@ -83,23 +92,23 @@ def resign(generation: Path) -> None:
 
 
 def shift_offsets(generation: Path) -> None:
-    lines = (generation / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (segment(generation) / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
     chunk = json.loads(lines[3])
     chunk["start"] += 3
     chunk["end"] += 3
     lines[3] = json.dumps(chunk)
-    (generation / "chunks.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (segment(generation) / "chunks.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def drop_vector_rows(generation: Path) -> None:
-    np.save(generation / "vectors.npy", np.load(generation / "vectors.npy")[:-2])
+    np.save(segment(generation) / "vectors.npy", np.load(segment(generation) / "vectors.npy")[:-2])
 
 
 @pytest.mark.parametrize("damage", [truncate, scramble], ids=["truncated", "random"])
 @pytest.mark.parametrize("name", FILES)
 def test_a_damaged_file_is_noticed(index_dir, name, damage) -> None:
     generation = current_generation(index_dir)
-    damage(generation / name)
+    damage(located(generation, name))
     with pytest.raises(IndexDamagedError) as caught:
         read_index(index_dir)
     message = str(caught.value)
@@ -128,8 +137,8 @@ def test_damaged_content_is_noticed_even_with_matching_checksums(index_dir, case
 @pytest.mark.parametrize("signed", [False, True], ids=["checksums", "resigned"])
 def test_a_faiss_file_from_another_index_is_noticed(index_dir, foreign, signed) -> None:
     generation = current_generation(index_dir)
-    shutil.copy(foreign / "dense.faiss", generation / "dense.faiss")
-    assert faiss.read_index(str(generation / "dense.faiss")).ntotal > 0  # a valid FAISS file, just not this one
+    shutil.copy(segment(foreign) / "dense.faiss", segment(generation) / "dense.faiss")
+    assert faiss.read_index(str(segment(generation) / "dense.faiss")).ntotal > 0  # a valid FAISS file, just not this one
     if signed:
         resign(generation)
     with pytest.raises(IndexDamagedError, match="row counts differ" if signed else "dense.faiss"):
@@ -138,14 +147,15 @@ def test_a_faiss_file_from_another_index_is_noticed(index_dir, foreign, signed) 
 
 def test_a_sound_index_passes_every_check(index_dir) -> None:
     data = read_index(index_dir)
-    assert len(data.chunks) == data.dense.ntotal == data.vectors.shape[0]
-    assert set(data.manifest.files) >= set(FILES) - {MANIFEST}
+    assert len(data.chunks) == data.manifest.chunks == sum(s.dense.ntotal for s in data.segments)
+    first = data.manifest.segments[0]
+    assert set(data.manifest.files) >= {f"{first}/{name}" for name in FILES if name != MANIFEST}
 
 
 def test_search_on_a_damaged_index_is_one_clear_error(index_dir, embedder) -> None:
-    scramble(current_generation(index_dir) / "dense.faiss")
+    scramble(segment(current_generation(index_dir)) / "dense.faiss")
     service = make_service(make_settings(index_dir), embedder)
-    with pytest.raises(IndexDamagedError, match=r"is damaged \(dense.faiss does not match its checksum\); run `rag index`"):
+    with pytest.raises(IndexDamagedError, match=r"is damaged \(seg-[^/]+/dense.faiss does not match its checksum\); run `rag index`"):
         service.search("border guard")
 
 
@@ -159,13 +169,13 @@ def test_the_api_answers_a_damaged_index_with_a_one_line_json_error(index_dir, e
     response = client.post("/search", json={"query": "border guard"})
     assert response.status_code == 500
     detail = response.json()["detail"]
-    assert "is damaged (chunks.jsonl" in detail and detail.endswith("run `rag index`") and "\n" not in detail
+    assert "is damaged (seg-" in detail and "/chunks.jsonl" in detail and detail.endswith("run `rag index`") and "\n" not in detail
 
 
 def test_index_recovers_from_the_previous_generation_reusing_its_vectors(built, index_dir, embedder) -> None:
     damaged = current_generation(index_dir)
     previous = next(g for g in generations(index_dir) if g != damaged)
-    scramble(damaged / "vectors.npy")
+    scramble(segment(damaged) / "vectors.npy")
     service = make_service(make_settings(index_dir, built / "corpus"), embedder)
     report = service.update(paths=[built / "corpus"])
     assert report.written
@@ -188,7 +198,7 @@ def test_a_missing_current_generation_is_damage_and_the_previous_one_takes_over(
 
 def test_index_rebuilds_from_the_documents_when_no_generation_is_sound(built, index_dir, embedder) -> None:
     for generation in index_dir.glob("gen-*"):
-        truncate(generation / "chunks.jsonl")
+        truncate(segment(generation) / "chunks.jsonl")
     service = make_service(make_settings(index_dir, built / "corpus"), embedder)
     report = service.update(paths=[built / "corpus"])
     assert report.written and "rebuilt from the documents given" in report.rebuilt_because[0]
@@ -200,8 +210,8 @@ def test_an_emptied_index_is_sound(tmp_path, embedder) -> None:
     service = make_service(make_settings(tmp_path / "index", tmp_path), embedder)
     service.update(paths=[tmp_path / "only.txt"])
     service.update(remove=["only.txt"])
-    data = read_index(tmp_path / "index")  # BM25 keeps a placeholder row: not a count mismatch
-    assert data.chunks == [] and data.dense.ntotal == 0
+    data = read_index(tmp_path / "index")
+    assert data.chunks == [] and data.manifest.chunks == 0
 
 
 # --------------------------------------------------------------------------- the real command
@@ -220,12 +230,12 @@ def test_cli_search_fails_index_recovers_doctor_reports(built, index_dir, tmp_pa
     assert "✓ index" in healthy.stdout and "✓ embedding model" in healthy.stdout
 
     shift_offsets(generation)
-    truncate(generation / "bm25" / "vocab.index.json")
+    truncate(segment(generation) / "bm25" / "vocab.json")
     doctor = rag("doctor", "--index-dir", str(index_dir), cwd=tmp_path)
     assert doctor.returncode == 1
     problems = [line for line in doctor.stdout.splitlines() if line.startswith("✗")]
     assert len(problems) == 2, doctor.stdout  # one line per damaged file
-    assert any("chunks.jsonl" in line for line in problems) and any("vocab.index.json" in line for line in problems)
+    assert any("chunks.jsonl" in line for line in problems) and any("vocab.json" in line for line in problems)
 
     search = rag("search", "border guard", "--index-dir", str(index_dir), cwd=tmp_path)
     assert search.returncode == 1

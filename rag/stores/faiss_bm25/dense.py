@@ -35,8 +35,17 @@ def save_dense_index(index: faiss.Index, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
-def load_dense_index(path: Path) -> faiss.Index:
-    return faiss.read_index(str(path))
+def load_dense_index(path: Path, mmap: bool = False) -> faiss.Index:
+    """A saved index; `mmap`: its vectors stay on disk where FAISS can map them."""
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
+
+
+def live_selector(live: np.ndarray) -> faiss.IDSelector:
+    """A selector of the rows whose `live` flag is set (one bit per row, built once per load)."""
+    bitmap = np.packbits(live, bitorder="little")
+    selector = faiss.IDSelectorBitmap(len(live), faiss.swig_ptr(bitmap))
+    selector.bitmap_array = bitmap  # the selector reads the array: keep it alive with it
+    return selector
 
 
 def search_dense(
@@ -45,11 +54,13 @@ def search_dense(
     k: int,
     settings: IndexSettings,
     allowed_rows: np.ndarray | None = None,
+    selector: faiss.IDSelector | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores, rows), restricted to `allowed_rows` when given."""
+    """Top-k (scores, rows), restricted to `allowed_rows` when given, else to `selector`'s."""
     if index.ntotal == 0 or k <= 0:
         return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-    selector = faiss.IDSelectorBatch(allowed_rows.astype(np.int64)) if allowed_rows is not None else None
+    if allowed_rows is not None:
+        selector = faiss.IDSelectorBatch(allowed_rows.astype(np.int64))
     if isinstance(index, faiss.IndexHNSW):
         params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(settings.hnsw_ef_search, k))
     elif isinstance(index, faiss.IndexIVF):
