@@ -60,11 +60,16 @@ class EmbeddingSettings(BaseModel):
 
 class IndexSettings(BaseModel):
     dir: Path = Path("index")
-    # flat = exact inner product; hnsw / ivf = approximate, for large collections.
-    faiss_type: Literal["flat", "hnsw", "ivf"] = "flat"
+    # flat = exact inner product; hnsw / ivf = approximate, for large collections; -sq8 / -pq:
+    # vectors compressed to one byte per dimension / ivf_pq_m bytes (bench/RESULTS.md, 1M passages).
+    faiss_type: Literal["flat", "hnsw", "hnsw-sq8", "ivf", "ivf-sq8", "ivf-pq"] = "flat"
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
+    hnsw_ef_construction: int = 40
     ivf_nprobe: int = 16
+    # IVF lists; None = 4·sqrt(n), at most one per 39 vectors.
+    ivf_nlist: int | None = Field(None, ge=1)
+    ivf_pq_m: int = Field(48, ge=1)
     # MinHash Jaccard similarity above which two chunks count as copies of one passage.
     dedup_threshold: float = Field(0.8, gt=0, le=1)
     dedup_num_perm: int = 128

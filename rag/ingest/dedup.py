@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import cache
 
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
@@ -25,6 +26,14 @@ def _shingles(text: str) -> set[bytes]:
     return {" ".join(words[i : i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
 
 
+@cache
+def band_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """datasketch's (bands, rows) for `threshold`: found by numerical integration, worth
+    computing once, since an update groups a few chunks at a time."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return lsh.b, lsh.r
+
+
 def group_duplicates(
     chunks: list[Chunk], threshold: float, num_perm: int, known: Mapping[str, LeanMinHash] | None = None
 ) -> list[Chunk]:
@@ -35,7 +44,7 @@ def group_duplicates(
         signatures: list[LeanMinHash] = [known[c.chunk_id] for c in ordered]
     else:
         signatures = MinHash.bulk([_shingles(c.text) for c in ordered], num_perm=num_perm)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    lsh = MinHashLSH(num_perm=num_perm, params=band_params(threshold, num_perm))
     canonical_chunks: dict[str, tuple[Chunk, LeanMinHash]] = {}
     out: list[Chunk] = []
     for chunk, signature in zip(ordered, signatures):

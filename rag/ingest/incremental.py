@@ -29,7 +29,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from rag.config import Settings
 from rag.ingest.cleaning import PAIRING_MAX_DF, SAME_PAGE_OVERLAP, _normalise, split_blocks
-from rag.ingest.dedup import _shingles
+from rag.ingest.dedup import _shingles, band_params
 from rag.schema import Chunk, Document
 
 STATE_FILE = "ingest-state.pkl"
@@ -184,7 +184,7 @@ class ChunkSketches:
 
     def __post_init__(self) -> None:
         if self.lsh is None:
-            self.lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+            self.lsh = MinHashLSH(num_perm=self.num_perm, params=band_params(self.threshold, self.num_perm))
 
     def _matches(self, chunk_id: str) -> list[str]:
         signature = self.signatures[chunk_id]
@@ -210,6 +210,8 @@ class ChunkSketches:
             self.signatures[chunk.chunk_id] = signature
             self.lsh.insert(chunk.chunk_id, signature)
             seeds.add(chunk.chunk_id)
+        if len(self.signatures) == len(added):
+            return seeds  # a fresh build: every chunk is regrouped anyway
         component, frontier = set(seeds), list(seeds)
         while frontier:  # bounded: each chunk enters the frontier once
             for other in self._matches(frontier.pop()):

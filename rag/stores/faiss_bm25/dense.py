@@ -1,5 +1,6 @@
 """FAISS inner-product index over unit vectors (cosine similarity): exact by default,
-HNSW or IVF for large collections. Row ids are positions in the chunk list."""
+HNSW or IVF for large collections, their vectors optionally compressed (SQ8: one byte per
+dimension; PQ: `ivf_pq_m` bytes per vector). Row ids are positions in the segment's chunks."""
 
 from __future__ import annotations
 
@@ -13,19 +14,37 @@ from rag.config import IndexSettings
 
 # IVF needs about this many training points per list to place centroids well.
 IVF_POINTS_PER_LIST = 39
+# PQ trains 256 centroids per sub-vector, on about as many points each.
+PQ_TRAINING_POINTS = 256 * IVF_POINTS_PER_LIST
+# A doc-id filter this selective is searched exactly over its rows: an approximate index
+# searched with a selector visits only some lists or graph nodes and may miss all of them.
+EXACT_FILTER_ROWS = 20_000
+
+
+def _factory(settings: IndexSettings, n: int, dim: int) -> str | None:
+    """The FAISS index_factory string for `n` vectors, None for exact search."""
+    kind = settings.faiss_type
+    if kind.startswith("hnsw"):
+        return f"HNSW{settings.hnsw_m}" + ("_SQ8" if kind == "hnsw-sq8" else ",Flat")
+    if kind.startswith("ivf") and n >= IVF_POINTS_PER_LIST * 2 and (kind != "ivf-pq" or n >= PQ_TRAINING_POINTS):
+        nlist = settings.ivf_nlist or max(1, min(int(4 * math.sqrt(n)), n // IVF_POINTS_PER_LIST))
+        code = {"ivf": "Flat", "ivf-sq8": "SQ8", "ivf-pq": f"PQ{settings.ivf_pq_m}"}[kind]
+        return f"IVF{nlist},{code}"
+    # Too few vectors to train IVF or PQ: exact search is both right and fast here.
+    return None
 
 
 def build_dense_index(vectors: np.ndarray, settings: IndexSettings) -> faiss.Index:
     n, dim = vectors.shape
-    if settings.faiss_type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    elif settings.faiss_type == "ivf" and n >= IVF_POINTS_PER_LIST * 2:
-        nlist = max(1, min(int(4 * math.sqrt(n)), n // IVF_POINTS_PER_LIST))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
-    else:
-        # Too few vectors to train IVF: exact search is both right and fast here.
+    factory = _factory(settings, n, dim)
+    if factory is None:
         index = faiss.IndexFlatIP(dim)
+    else:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained and n:
+            index.train(vectors)
+        if isinstance(index, faiss.IndexHNSW):
+            index.hnsw.efConstruction = settings.hnsw_ef_construction
     if n:
         index.add(vectors)
     return index
@@ -55,10 +74,16 @@ def search_dense(
     settings: IndexSettings,
     allowed_rows: np.ndarray | None = None,
     selector: faiss.IDSelector | None = None,
+    vectors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores, rows), restricted to `allowed_rows` when given, else to `selector`'s."""
+    """Top-k (scores, rows), restricted to `allowed_rows` when given, else to `selector`'s;
+    a selective `allowed_rows` is searched exactly in `vectors` (the index's rows)."""
     if index.ntotal == 0 or k <= 0:
         return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+    if allowed_rows is not None and vectors is not None and len(allowed_rows) <= EXACT_FILTER_ROWS:
+        scores = np.asarray(vectors[allowed_rows], dtype=np.float32) @ query.astype(np.float32)
+        best = np.argsort(-scores, kind="stable")[:k]
+        return scores[best], allowed_rows[best]
     if allowed_rows is not None:
         selector = faiss.IDSelectorBatch(allowed_rows.astype(np.int64))
     if isinstance(index, faiss.IndexHNSW):
