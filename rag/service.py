@@ -109,14 +109,17 @@ class RagService:
 
     def update(
         self,
-        paths: list[Path] | None = None,
+        paths: list[str | os.PathLike[str]] | None = None,
         remove: list[str] | None = None,
         rebuild: bool = False,
         progress: EmbedProgress | None = None,
         documents: list[Document] | None = None,
     ) -> IndexReport:
+        """Sync the index with `paths` (folders are mirrored, deletions included; files are
+        added or updated), drop the `remove` doc ids, add ready-made `documents`. Only new
+        and changed passages are embedded; `rebuild` re-embeds everything."""
         report = update_index(
-            self.settings, paths=paths, remove=remove, rebuild=rebuild,
+            self.settings, paths=[Path(path) for path in paths] if paths else None, remove=remove, rebuild=rebuild,
             embedder_factory=lambda: self.embedder, progress=progress, documents=documents,
         )
         if report.written:
