@@ -60,7 +60,15 @@ def _settings(index_dir: Path | None) -> Settings:
 def _service(index_dir: Path | None):
     from rag.service import RagService
 
-    return RagService(_settings(index_dir))
+    return _closed_on_exit(RagService(_settings(index_dir)))
+
+
+def _closed_on_exit(service):
+    """`service`, closed (its embedded model server stopped) when the command ends, however."""
+    import click
+
+    click.get_current_context().call_on_close(service.close)
+    return service
 
 
 def _print_json(payload: object) -> None:
@@ -520,7 +528,7 @@ def serve(
     _check_can_listen(host, port)
     from rag.service import RagService
 
-    service = RagService(settings)
+    service = _closed_on_exit(RagService(settings))
     with _embed_progress(settings.index.progress_every_s) as update:
         _print_report(service.update(paths=[settings.corpus_dir], progress=update))
     import uvicorn

@@ -1,5 +1,6 @@
 """The library's front door: one object that the CLI, the HTTP API and the UI all call.
-Models and the index load once, on first use, and the index reloads after every update."""
+Models and the index load once, on first use, and the index reloads after every update.
+The embedded answer model's server is the service's own: `close()` (or a `with` block) stops it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from rag.errors import (
 )
 from rag.ingest.loading import SUPPORTED_SUFFIXES, LoadReport, load_file
 from rag.ingest.pipeline import EmbedProgress, IndexReport, update_index
+from rag.llm.local import LocalModel
 from rag.retrieve.retriever import Retriever
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
 from rag.stores.base import Store
@@ -38,6 +40,7 @@ class RagService:
         self._store: Store | None = None
         self._retriever: Retriever | None = None
         self._answerer: Answerer | None = None
+        self._local_model: LocalModel | None = None
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -59,11 +62,34 @@ class RagService:
         return self._retriever
 
     @property
+    def local_model(self) -> LocalModel:
+        """The embedded answer model for these settings (`local_llm`): made on first use, its
+        server started by its first answer and stopped by `close()`."""
+        with self._lock:
+            if self._local_model is None:
+                self._local_model = LocalModel(self.settings.local_llm)
+            return self._local_model
+
+    @property
     def answerer(self) -> Answerer:
         retriever = self.retriever
         if self._answerer is None or self._answerer.retriever is not retriever:
-            self._answerer = Answerer(retriever, self.embedder, self.settings)
+            self._answerer = Answerer(retriever, self.embedder, self.settings, self.local_model)
         return self._answerer
+
+    def close(self) -> None:
+        """Stop the embedded model's server, if it started. The service stays usable: a later
+        answer starts a new server, which another close() stops."""
+        with self._lock:
+            local_model, self._local_model, self._answerer = self._local_model, None, None
+        if local_model is not None:
+            local_model.close()
+
+    def __enter__(self) -> RagService:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def ask(self, question: str, options: AskOptions | None = None, history: list[Turn] | None = None) -> AnswerResponse:
         for event in self.ask_stream(question, options, history):
@@ -78,7 +104,7 @@ class RagService:
         options = options or AskOptions()
         model = options.model or self.settings.answer.model
         started = time.perf_counter()
-        query = standalone_question(question, history or [], model, self.settings, options.api_base)
+        query = standalone_question(question, history or [], model, self.settings, options.api_base, self.local_model)
         rewrite_ms = round((time.perf_counter() - started) * 1000, 1)
         for event in self.answerer.stream(query, options):
             if event.response is not None and query != question:
