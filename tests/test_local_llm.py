@@ -227,7 +227,7 @@ def test_the_provider_is_registered_once_and_put_back_if_replaced():
 
 def test_a_local_call_without_a_local_model_is_a_one_line_error():
     register_local_provider()
-    with pytest.raises(GenerationError, match="needs a LocalModel") as caught:
+    with pytest.raises(GenerationError, match="failed: no LocalModel was given") as caught:
         list(stream_completion(QUESTION, DEFAULT_LOCAL_MODEL, None, 0.0, 8, 5.0))
     assert "\n" not in str(caught.value)
     litellm = load_litellm()

@@ -97,7 +97,7 @@ def _completion(
     litellm = load_litellm()
     if is_local_model(model):
         if local_model is None:
-            raise RagError(f"model '{model}' needs a LocalModel to answer it (RagService provides one)")
+            raise RagError("no LocalModel was given to answer it (RagService provides one)")
         register_local_provider()  # the first call in the process registers it; later ones find it
         options[LOCAL_MODEL_PARAM] = local_model
     return litellm.completion(
