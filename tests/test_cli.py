@@ -16,7 +16,9 @@ RAG = [sys.executable, "-m", "rag.cli"]
 
 
 def rag(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120", **(env or {})}
+    # Without RAG_CONFIG (conftest points it at nothing), so a test's own rag.toml in `cwd` is read.
+    inherited = {name: value for name, value in os.environ.items() if name != "RAG_CONFIG"}
+    env = {**inherited, "HF_HUB_OFFLINE": "1", "COLUMNS": "120", **(env or {})}
     env.pop("RAG_DEBUG", None)
     return subprocess.run([*RAG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -67,11 +69,11 @@ def test_human_output_and_filters(workdir) -> None:
     [
         (("search", ""), "the question is empty"),
         (("search", "x" * 3000), "limit"),
-        (("search", "border", "--mode", "fuzzy"), "unknown search mode"),
+        (("search", "border", "--mode", "fuzzy"), "--mode: Input should be 'hybrid', 'dense' or 'bm25'"),
         (("search", "border", "--k", "0"), "--k"),
         (("search", "border", "--doc", "missing.txt"), "unknown document"),
         (("index", "/no/such/folder"), "no such file or folder"),
-        (("remove", "missing.txt"), "no document 'missing.txt'"),
+        (("remove", "missing.txt"), "unknown document: missing.txt"),
         (("search", "border", "--index-dir", "nowhere"), "run `rag index` first"),
     ],
 )

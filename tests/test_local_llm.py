@@ -38,7 +38,9 @@ from rag.llm.server import LocalLLMServer
 # --------------------------------------------------------------------------- fake part packages
 
 
-def make_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blobs: list[bytes], sha: str | None = None) -> GGUFParts:
+def make_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blobs: list[bytes], sha: str | None = None
+) -> GGUFParts:
     """Importable modules `fakepart_<id>_<n>` whose get_part_path() points at each blob."""
     tag = uuid.uuid4().hex[:8]
     package_root = tmp_path / "site"
@@ -125,7 +127,9 @@ def test_verify_rehashes_behind_a_valid_marker_and_a_corrupt_file_is_assembled_a
 
 def test_verify_names_a_missing_part_before_assembly(tmp_path, monkeypatch):
     parts = make_parts(tmp_path, monkeypatch, BLOBS)
-    parts = GGUFParts(parts.filename, parts.size, parts.sha256, (*parts.modules[:-1], "no_such_part_module"), parts.requirements)
+    parts = GGUFParts(
+        parts.filename, parts.size, parts.sha256, (*parts.modules[:-1], "no_such_part_module"), parts.requirements
+    )
     with pytest.raises(RagError, match="fake-part3==0.1"):
         verify_bundled_gguf(tmp_path / "cache", parts=parts)
 
@@ -140,8 +144,14 @@ def test_a_bundled_model_that_fails_to_load_is_rechecked(tmp_path, monkeypatch, 
             raise error
         self._server = object()
 
-    monkeypatch.setattr(local_llm, "resolve_gguf", lambda settings, progress=None: calls.append("resolve") or tmp_path / "m.gguf")
-    monkeypatch.setattr(local_llm, "verify_bundled_gguf", lambda cache_dir, progress=None: calls.append("verify") or ("corrupt" if corrupt else None))
+    monkeypatch.setattr(
+        local_llm, "resolve_gguf", lambda settings, progress=None: calls.append("resolve") or tmp_path / "m.gguf"
+    )
+    monkeypatch.setattr(
+        local_llm,
+        "verify_bundled_gguf",
+        lambda cache_dir, progress=None: calls.append("verify") or ("corrupt" if corrupt else None),
+    )
     monkeypatch.setattr(LocalLLMServer, "start", fake_start)
     model = LocalModel(LocalLLMSettings(cache_dir=tmp_path))
     if corrupt:  # assembled again, started again
@@ -285,8 +295,10 @@ class _NamedServer(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers["Content-Length"]))
-        answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": self.name}}],
-                  "timings": {"served_by": self.name}}
+        answer = {
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.name}}],
+            "timings": {"served_by": self.name},
+        }
         payload = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -331,8 +343,13 @@ def test_the_timeout_counts_generation_not_the_wait_for_the_model(fake_servers):
 
     def answer(name: str) -> None:
         try:
-            stream = litellm.completion(model=DEFAULT_LOCAL_MODEL, messages=[{"role": "user", "content": "Count."}],
-                                        stream=True, timeout=ANSWER_TIMEOUT, local_model=model)
+            stream = litellm.completion(
+                model=DEFAULT_LOCAL_MODEL,
+                messages=[{"role": "user", "content": "Count."}],
+                stream=True,
+                timeout=ANSWER_TIMEOUT,
+                local_model=model,
+            )
             answers[name] = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
         except Exception as exc:
             answers[name] = exc
@@ -406,11 +423,11 @@ def test_a_local_model_never_closed_stops_its_server_when_collected(fake_servers
     assert not server.running
 
 
-def test_the_service_owns_its_local_model_and_closes_it(fake_servers, tmp_path):
+def test_the_service_owns_its_local_model_and_closes_it(fake_servers):
     from rag.config import Settings
     from rag.service import RagService
 
-    with RagService(Settings(local_llm=fake_servers(_NamedServer))) as service:
+    with RagService(Settings().replace(local_llm=fake_servers(_NamedServer).model_dump())) as service:
         model = service.local_model
         assert model is service.local_model and model.settings is service.settings.local_llm
         server = model.server()
@@ -455,8 +472,9 @@ def test_completion_answers_and_listens_on_loopback_only(local_model):
 
     litellm = load_litellm()
 
-    response = litellm.completion(model=DEFAULT_LOCAL_MODEL, messages=QUESTION, max_tokens=16, temperature=0,
-                                  local_model=local_model)
+    response = litellm.completion(
+        model=DEFAULT_LOCAL_MODEL, messages=QUESTION, max_tokens=16, temperature=0, local_model=local_model
+    )
     answer = response.choices[0].message.content
     assert answer and answer.strip()
     assert "paris" in answer.lower()
@@ -499,7 +517,11 @@ def test_async_streaming(local_model):
 
     async def run() -> str:
         stream = await litellm.acompletion(
-            model=DEFAULT_LOCAL_MODEL, messages=QUESTION, max_tokens=8, temperature=0, stream=True,
+            model=DEFAULT_LOCAL_MODEL,
+            messages=QUESTION,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
             local_model=local_model,
         )
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
@@ -520,8 +542,9 @@ def test_caller_timeout_is_honoured(local_model):
             local_model=local_model,
         )
     # The abandoned request does not block the next one.
-    response = litellm.completion(model=DEFAULT_LOCAL_MODEL, messages=QUESTION, max_tokens=8, temperature=0,
-                                  local_model=local_model)
+    response = litellm.completion(
+        model=DEFAULT_LOCAL_MODEL, messages=QUESTION, max_tokens=8, temperature=0, local_model=local_model
+    )
     assert response.choices[0].message.content.strip()
 
 
@@ -547,8 +570,9 @@ def test_two_services_with_different_local_models_answer_side_by_side(tmp_path, 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     shutil.copy(SEEDS / "000_c1a45aa062b469e9.txt", corpus)  # the article with the 529 cells
-    small, large = LocalLLMSettings(n_ctx=1024), LocalLLMSettings(n_ctx=2048)
-    services = [make_service(make_settings(tmp_path / "index", corpus, local_llm=s), embedder) for s in (small, large)]
+    services = [
+        make_service(make_settings(tmp_path / "index", corpus, local_llm={"n_ctx": n}), embedder) for n in (1024, 2048)
+    ]
     with services[0] as first, services[1] as second:
         first.update(paths=[corpus])
         answers = [first.ask(CELLS)]

@@ -52,8 +52,16 @@ def first_token_probabilities(
     `local_model` answers `local/...` models."""
     with _llm_errors(model, timeout_s):
         response = _completion(
-            messages, model, api_base, local_model, temperature=0.0, max_tokens=1, timeout=timeout_s,
-            stream=False, logprobs=True, top_logprobs=top,
+            messages,
+            model,
+            api_base,
+            local_model,
+            temperature=0.0,
+            max_tokens=1,
+            timeout=timeout_s,
+            stream=False,
+            logprobs=True,
+            top_logprobs=top,
         )
         logprobs = response.choices[0].logprobs if response.choices else None
         content = (logprobs.get("content") if isinstance(logprobs, dict) else getattr(logprobs, "content", None)) or []
@@ -82,8 +90,15 @@ def stream_completion(
     `logit_bias` is passed on as the provider takes it."""
     with _llm_errors(model, timeout_s):
         stream = _completion(
-            messages, model, api_base, local_model, temperature=temperature, max_tokens=max_tokens,
-            timeout=timeout_s, stream=True, **({"logit_bias": logit_bias} if logit_bias is not None else {}),
+            messages,
+            model,
+            api_base,
+            local_model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            timeout=timeout_s,
+            stream=True,
+            **({"logit_bias": logit_bias} if logit_bias is not None else {}),
         )
         for chunk in stream:
             delta = chunk.choices[0].delta.content if chunk.choices else None
@@ -105,7 +120,9 @@ def _completion(
         messages=messages,
         api_base=api_base,
         # OpenAI-compatible local servers take any key; litellm insists on one.
-        api_key="not-needed" if api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY") else None,
+        api_key="not-needed"
+        if api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY")
+        else None,
         **options,
     )
 

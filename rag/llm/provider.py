@@ -150,7 +150,7 @@ def _fill_response(model_response: Any, data: dict, model: str, local_model: Loc
     model_response.created = int(data.get("created") or time.time())
     usage = _usage(data.get("usage"))
     if usage is not None:
-        setattr(model_response, "usage", usage)
+        model_response.usage = usage
     if data.get("timings"):
         model_response._hidden_params["llama_cpp_timings"] = data["timings"]
         local_model.last_timings = data["timings"]
@@ -263,23 +263,25 @@ def _provider() -> Any:
         return state.final()
 
     class LocalLLMProvider(CustomLLM):
-        """litellm provider `local/...`: chat completions from the LocalModel each call names."""
+        """litellm provider `local/...`: chat completions from the LocalModel each call names.
+        litellm passes every argument by keyword; those not needed here are ignored."""
 
-        def completion(self, model, messages, api_base, custom_prompt_dict, model_response, print_verbose,
-                       encoding, api_key, logging_obj, optional_params, acompletion=None, litellm_params=None,
-                       logger_fn=None, headers={}, timeout=None, client=None):  # noqa: B006 - litellm's signature
+        def completion(self, model, messages, model_response, optional_params, timeout=None, **_: Any) -> Any:
             local_model = _local_model(optional_params)
             server = local_model.server()
             body = _request_body(messages, optional_params, server.settings, stream=False)
             limit = _httpx_timeout(timeout, server.settings)
             with server.slots, transport_errors(model, limit):
-                response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body,
-                                      headers=server.headers, timeout=limit, trust_env=False)
+                response = httpx.post(
+                    f"{server.base_url}/v1/chat/completions",
+                    json=body,
+                    headers=server.headers,
+                    timeout=limit,
+                    trust_env=False,
+                )
             return completion_result(response, model_response, model, local_model)
 
-        def streaming(self, model, messages, api_base, custom_prompt_dict, model_response, print_verbose,
-                      encoding, api_key, logging_obj, optional_params, acompletion=None, litellm_params=None,
-                      logger_fn=None, headers={}, timeout=None, client=None):  # noqa: B006
+        def streaming(self, model, messages, optional_params, timeout=None, **_: Any) -> Iterator[dict]:
             local_model = _local_model(optional_params)
             server = local_model.server()
             body = _request_body(messages, optional_params, server.settings, stream=True)
@@ -290,10 +292,18 @@ def _provider() -> Any:
                 with server.slots:  # wait for a free slot: the answer's clock starts after
                     started = time.monotonic()
                     try:
-                        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
-                                          headers=server.headers, timeout=limit, trust_env=False) as response:
+                        with httpx.stream(
+                            "POST",
+                            f"{server.base_url}/v1/chat/completions",
+                            json=body,
+                            headers=server.headers,
+                            timeout=limit,
+                            trust_env=False,
+                        ) as response:
                             if response.status_code != 200:
-                                raise RagError(_error_message(response.status_code, response.read().decode(errors="replace")))
+                                raise RagError(
+                                    _error_message(response.status_code, response.read().decode(errors="replace"))
+                                )
                             for line in response.iter_lines():
                                 # httpx's read timeout is per chunk; the caller's timeout is for the answer.
                                 if overall and time.monotonic() - started > overall:
@@ -309,22 +319,19 @@ def _provider() -> Any:
                 yield from state.feed(event)
             yield stream_done(state, local_model)
 
-        async def acompletion(self, model, messages, api_base, custom_prompt_dict, model_response, print_verbose,
-                              encoding, api_key, logging_obj, optional_params, acompletion=None, litellm_params=None,
-                              logger_fn=None, headers={}, timeout=None, client=None):  # noqa: B006
+        async def acompletion(self, model, messages, model_response, optional_params, timeout=None, **_: Any) -> Any:
             local_model = _local_model(optional_params)
             server = await asyncio.to_thread(local_model.server)
             body = _request_body(messages, optional_params, server.settings, stream=False)
             limit = _httpx_timeout(timeout, server.settings)
             with transport_errors(model, limit):
                 async with httpx.AsyncClient(timeout=limit, trust_env=False) as http:
-                    response = await http.post(f"{server.base_url}/v1/chat/completions", json=body,
-                                               headers=server.headers)
+                    response = await http.post(
+                        f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers
+                    )
             return completion_result(response, model_response, model, local_model)
 
-        async def astreaming(self, model, messages, api_base, custom_prompt_dict, model_response, print_verbose,
-                             encoding, api_key, logging_obj, optional_params, acompletion=None, litellm_params=None,
-                             logger_fn=None, headers={}, timeout=None, client=None) -> AsyncIterator[dict]:  # noqa: B006
+        async def astreaming(self, model, messages, optional_params, timeout=None, **_: Any) -> AsyncIterator[dict]:
             local_model = _local_model(optional_params)
             server = await asyncio.to_thread(local_model.server)
             body = _request_body(messages, optional_params, server.settings, stream=True)
@@ -334,8 +341,9 @@ def _provider() -> Any:
             state = _StreamState()
             try:
                 async with httpx.AsyncClient(timeout=limit, trust_env=False) as http:
-                    async with http.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
-                                           headers=server.headers) as response:
+                    async with http.stream(
+                        "POST", f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers
+                    ) as response:
                         if response.status_code != 200:
                             text = (await response.aread()).decode(errors="replace")
                             raise RagError(_error_message(response.status_code, text))
