@@ -598,3 +598,17 @@ def test_two_services_with_different_local_models_answer_side_by_side(tmp_path, 
             with pytest.raises(GenerationError, match=rf"exceeds the available context size \({n_ctx} tokens\)"):
                 first_token_probabilities(TOO_LONG, DEFAULT_LOCAL_MODEL, None, 60.0, local_model=service.local_model)
     assert not server_a.running and not server_b.running  # closed with their services
+
+
+def test_the_api_app_closes_its_service_on_shutdown(fake_servers):
+    from fastapi.testclient import TestClient
+
+    from rag.config import Settings
+    from rag.serve.api import create_api
+    from rag.service import RagService
+
+    service = RagService(Settings().replace(local_llm=fake_servers(_NamedServer).model_dump()))
+    with TestClient(create_api(service)):
+        server = service.local_model.server()
+        assert server.running
+    assert not server.running
