@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from itertools import chain
 from typing import Annotated
 
@@ -120,11 +120,19 @@ class AnswerQueue:
 
 
 def create_api(service: RagService) -> FastAPI:
-    """The API inside its access checks (keys, origins, body size, headers: rag/access.py)."""
+    """The API inside its access checks (keys, origins, body size, headers: rag/access.py).
+    The app closes the service when it shuts down (stopping the embedded model's server)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(service.close)
+
     app = FastAPI(
         title="Cited answers",
         summary="Questions answered with citations you can check.",
         version=__version__,
+        lifespan=lifespan,
     )
     app.state.keys = keys = load_keys(service.settings.server)
     app.state.answer_queue = queue = AnswerQueue(service)  # shared with the web interface
