@@ -25,6 +25,7 @@ from rag.dedup import group_duplicates
 from rag.dense import build_dense_index
 from rag.embedding import Embedder, embedding_fingerprint, embedding_key
 from rag.errors import BadInputError, IncompatibleIndexError, IndexDamagedError, IndexMissingError
+from rag.ingest.pdf import search_text
 from rag.lexical import build_lexical_index
 from rag.loading import load_paths
 from rag.schema import Chunk, Document, short_title
@@ -73,9 +74,10 @@ def embedding_text(chunk: Chunk, doc: Document, include_title: bool) -> str:
     """What gets embedded and BM25-indexed for a chunk: its text, headed by the document
     title when the chunk does not already contain it."""
     title = doc.title
+    text = search_text(chunk.text) if doc.format == "pdf" else chunk.text
     if include_title and title and title not in chunk.text:
-        return f"{title}\n{chunk.text}"
-    return chunk.text
+        return f"{title}\n{text}"
+    return text
 
 
 def corpus_fingerprint(documents: dict[str, Document]) -> str:
@@ -204,7 +206,7 @@ def _build(
         if doc.title is None and (title := heading_title(doc, blocks[doc_id])):
             docs[doc_id] = doc.model_copy(update={"title": short_title(title)})
     chunks = [
-        chunk
+        chunk.model_copy(update=docs[doc_id].page_fields(chunk.start, chunk.end)) if docs[doc_id].pages else chunk
         for doc_id in sorted(docs)
         for chunk in chunk_document(doc_id, docs[doc_id].text, blocks[doc_id], settings.chunking)
     ]

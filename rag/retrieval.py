@@ -170,4 +170,5 @@ class Retriever:
             dense_score=float(self.index.vectors[row] @ query_vector) if query_vector is not None else None,
             bm25_score=float(bm25[row]) if bm25 is not None else None,
             also_in=[loc for loc in group if loc.chunk_id != chunk.chunk_id],
+            **doc.page_fields(chunk.start, chunk.end),
         )

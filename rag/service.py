@@ -20,7 +20,7 @@ from rag.embedding import Embedder, embedding_fingerprint
 from rag.conversation import Turn, standalone_question
 from rag.errors import BadInputError, IncompatibleIndexError, PayloadTooLargeError, UnknownDocumentError
 from rag.indexing import EmbedProgress, IndexReport, update_index
-from rag.loading import SUPPORTED_SUFFIXES, LoadReport, load_file
+from rag.loading import SUPPORTED_LIST, SUPPORTED_SUFFIXES, LoadReport, load_file
 from rag.retrieval import Retriever
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
 from rag.store import IndexData, compatibility_problems, read_index
@@ -216,5 +216,5 @@ def upload_name(filename: str) -> str:
         raise BadInputError(f"file name too long: {len(name.encode())} bytes of UTF-8, the limit is {MAX_NAME_BYTES}")
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES or not suffix:
-        raise BadInputError(f"unsupported file type '{suffix or name}' (use .txt, .md or .html)")
+        raise BadInputError(f"unsupported file type '{suffix or name}' (use {SUPPORTED_LIST})")
     return name
