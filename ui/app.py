@@ -16,6 +16,7 @@ import gradio as gr
 from rag.answer.conversation import Turn
 from rag.answer.pipeline import EXTRACTIVE, AskOptions
 from rag.errors import RagError
+from rag.ingest.loading import SUPPORTED_LIST, SUPPORTED_SUFFIXES
 from rag.schema import AnswerResponse
 from rag.serve.access import LOGOUT_PATH, Keys, Role, check_client_model
 from rag.serve.api import AnswerQueue
@@ -107,8 +108,8 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
                 with gr.Row(equal_height=False):
                     with gr.Column():
                         upload = gr.File(
-                            label="Add documents (.txt, .md, .html)", file_count="multiple",
-                            file_types=[".txt", ".md", ".markdown", ".html", ".htm"], elem_id="upload",
+                            label=f"Add documents ({SUPPORTED_LIST})", file_count="multiple",
+                            file_types=sorted(s for s in SUPPORTED_SUFFIXES if s), elem_id="upload",
                         )
                         add = gr.Button("Add to index", variant="primary", elem_id="add-button")
                     with gr.Column():

@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag.errors import UnknownDocumentError
 from rag.ingest.formats import Extracted, UnreadableDocumentError
 from rag.schema import Block, Document
 
@@ -199,8 +200,9 @@ def _blocks(text: str, pages: list[PageText], starts: list[int], furniture: set[
     return blocks
 
 
-class SourceUnavailableError(Exception):
-    """The PDF a document was read from is gone or changed; the message says which and what to do."""
+class SourceUnavailableError(UnknownDocumentError):
+    """The PDF a document was read from is gone or changed (HTTP 404); the message says which
+    and what to do. The index keeps the text, not the file: its pages are read from the file."""
 
 
 def source_pdf(doc: Document, other_roots: list[Path]) -> bytes:
@@ -266,16 +268,6 @@ def span_boxes(data: bytes, doc: Document, start: int, end: int) -> list[PageBox
         finally:
             pdf.close()
     return out
-
-
-def page_size(data: bytes, number: int) -> tuple[float, float]:
-    """Width and height in points of 1-based page `number`."""
-    with PDFIUM_LOCK:
-        pdf = open_pdf(data)
-        try:
-            return tuple(pdf[number - 1].get_size())
-        finally:
-            pdf.close()
 
 
 def render_page(data: bytes, number: int, width_px: int) -> bytes:
