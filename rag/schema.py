@@ -108,6 +108,13 @@ class SearchHit(BaseModel):
     pages: list[int] | None = None
 
 
+def page_label(ref: Chunk | SearchHit | Citation) -> str:
+    """"p. 3", or "pp. 3–4" for a span over pages 3 and 4; "" for documents without pages."""
+    if ref.page is None:
+        return ""
+    return f"pp. {ref.pages[0]}–{ref.pages[-1]}" if ref.pages else f"p. {ref.page}"
+
+
 class SearchResponse(BaseModel):
     query: str
     mode: str

@@ -306,3 +306,85 @@ def test_a_paragraph_running_over_a_page_break_names_both_pages(tmp_path: Path) 
     [chunk] = chunks_of(doc)
     assert chunk.page == 1 and chunk.pages == [1, 2] and "\f" in chunk.text
     assert doc.text[chunk.start : chunk.end] == chunk.text
+
+
+@pytest.mark.slow
+def test_rag_index_reads_a_mixed_folder_and_search_shows_pages(tmp_path: Path) -> None:
+    """The real CLI on PDF, Word, HTML, Markdown and text side by side, unreadable PDFs among them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from rag.ingest.docx import read_docx
+    from rag.ingest.pdf import read_pdf
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    report_pdf(folder / "report.pdf")
+    report_docx(folder / "plan.docx")
+    scanned_pdf(folder / "scan.pdf")
+    report_pdf(folder / "locked.pdf", encrypt_with="secret")
+    (folder / "ferry.html").write_text(
+        "<html><head><title>Ferry times</title></head><body><article><h1>Ferry times</h1><p>The ferry to Eastmere "
+        "leaves the western pier at nine in the morning and returns at five, from May to September.</p></article></body></html>"
+    )
+    (folder / "bakery.md").write_text("# Bakery\n\nThe bakery on Mill Street has baked rye bread in a wood-fired oven since 1921.\n")
+    (folder / "keeper.txt").write_text("The lighthouse keeper rowed to the island every Tuesday with supplies.\n")
+
+    def rag(*args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+        return subprocess.run([sys.executable, "-m", "rag.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+    indexed = rag("index", "mixed", "--json")
+    assert indexed.returncode == 0, indexed.stderr
+    assert sorted(json.loads(indexed.stdout)["added"]) == ["bakery.md", "ferry.html", "keeper.txt", "plan.docx", "report.pdf"]
+    assert "scan.pdf: no text layer on any of its 2 page(s)" in indexed.stderr
+    assert "locked.pdf: encrypted PDF: it needs a password" in indexed.stderr
+    texts = {
+        "report.pdf": read_pdf((folder / "report.pdf").read_bytes()).text,
+        "plan.docx": read_docx((folder / "plan.docx").read_bytes()).text,
+    }
+    for query, doc_id, page in [
+        ("How much thickness did the Osprey Glacier lose?", "report.pdf", 2),
+        ("When is the northern quay dredged?", "plan.docx", None),
+    ]:
+        found = rag("search", query, "--k", "1", "--json")
+        assert found.returncode == 0, found.stderr
+        [hit] = json.loads(found.stdout)["results"]
+        assert (hit["doc_id"], hit["page"]) == (doc_id, page)
+        if doc_id in texts:
+            assert texts[doc_id][hit["start"] : hit["end"]] == hit["text"]
+
+    # Only unreadable files: bad input, nothing written.
+    (tmp_path / "bad").mkdir()
+    shutil.move(folder / "scan.pdf", tmp_path / "bad" / "scan.pdf")
+    refused = rag("index", "bad", "--index-dir", "other-index")
+    assert refused.returncode == 2 and "no readable documents" in refused.stderr
+    assert not (tmp_path / "other-index" / "CURRENT").exists()
+
+
+def test_cards_and_document_page_name_the_pages() -> None:
+    from rag.ingest.pdf import PageBoxes
+    from rag.schema import AnswerResponse, Citation, SearchHit
+    from ui.render import document_page, search_html, sources_html
+
+    text = "First page text.\fSecond <page> text.\fThird page."
+    doc = Document(doc_id="dir/r.pdf", path="r.pdf", root=".", text=text, sha256="", format="pdf", pages=[0, 17, 37])
+    start, end = text.index("Second"), text.index("Third") + 5
+    hit = SearchHit(rank=1, score=1.0, chunk_id="c", doc_id=doc.doc_id, start=start, end=end, text=text[start:end], title="R",
+                    **doc.page_fields(start, end))
+    assert (hit.page, hit.pages) == (2, [2, 3])
+    citation = Citation(id=1, passage=1, sentence=0, chunk_id="c", doc_id=doc.doc_id, start=start, end=start + 6, text="Second",
+                        chunk_start=start, chunk_end=end, title="R", supported=True, **doc.page_fields(start, start + 6))
+    card = sources_html([AnswerResponse(question="q", answer="a [1].", abstained=False, model="m", citations=[citation], passages=[hit])])
+    assert '<span class="page">p. 2</span>' in card and "Open p. 2 ↗" in card
+    assert '<span class="page">pp. 2–3</span>' in search_html([hit]) and "Open pp. 2–3 ↗" in search_html([hit])
+
+    page = document_page(doc, start, start + 6, [PageBoxes(2, 600.0, 800.0, [(10.0, 20.0, 30.0, 12.0)])])
+    # From /view/dir/r.pdf two levels up to the root, then the page image.
+    assert '<image href="../../page-image/dir/r.pdf?page=2&amp;width=1400"' in page
+    assert '<rect class="span-box" x="8.5" y="18.5" width="33.0" height="15.0"' in page
+    assert '<figure class="pdf-page" id="span">' in page and page.count('id="span"') == 1
+    assert '<span class="page-break">p. 1</span>First' in page and '<span class="page-break">p. 3</span>Third' in page
+    assert "&lt;page&gt;" in page and "\f" not in page

@@ -8,7 +8,7 @@ import html
 from urllib.parse import quote, urlencode
 
 from rag.ingest.pdf import PAGE_BREAK, PageBoxes
-from rag.schema import AnswerResponse, AnswerSentence, Citation, Document, SearchHit
+from rag.schema import AnswerResponse, AnswerSentence, Citation, Document, SearchHit, page_label
 
 # Width in pixels the document page asks PDF pages to be rendered at (sharp at twice its column).
 PAGE_WIDTH_PX = 1400
@@ -194,13 +194,6 @@ figcaption {{ color: #52606d; font-size: .9rem; }}
 <h1>{html.escape(doc.display_title)}</h1><p class="meta">{html.escape(doc.doc_id)}</p>{source}{note}
 {figures}<div class="text">{body}</div>
 </body></html>"""
-
-
-def page_label(ref: Citation | SearchHit) -> str:
-    """"p. 3", or "pp. 3–4" for a span over two pages; "" for documents without pages."""
-    if ref.page is None:
-        return ""
-    return f"pp. {ref.pages[0]}–{ref.pages[-1]}" if ref.pages else f"p. {ref.page}"
 
 
 def _page_figure(doc_id: str, page: PageBoxes, first: bool) -> str:
