@@ -50,6 +50,7 @@ def read_docx(data: bytes) -> Extracted:
         elif style.startswith("List Number"):
             number += 1
             parts.append((f"{number}. {text}", "paragraph"))
+        # A list item by direct numbering rather than a List style: python-docx exposes numPr only on the XML.
         elif style.startswith("List") or item._p.pPr is not None and item._p.pPr.numPr is not None:
             parts.append((f"• {text}", "paragraph"))
         else:
