@@ -32,7 +32,7 @@ from rag.errors import UnknownDocumentError
 from rag.ingest.formats import Extracted, UnreadableDocumentError
 from rag.schema import Block, Document
 
-PDFIUM_LOCK = threading.RLock()
+PDFIUM_LOCK = threading.Lock()
 PAGE_BREAK = "\f"
 SOFT_HYPHEN = "\u00ad"
 # PDFium's characters that must not reach the text, mapped one to one (the offset map stays exact).
