@@ -254,6 +254,11 @@ def test_pdf_and_docx_through_the_index_search_answers_and_document_page(tmp_pat
     cited = next(c for c in answer.citations if c.doc_id == "report.pdf")
     assert cited.page == 3 and service.document("report.pdf").text[cited.start : cited.end] == cited.text
 
+    from rag.verify.checker import CheckRequest
+
+    checked = service.check(CheckRequest(claim="The Merlin Glacier retreats twenty-five metres a year.", doc_id="report.pdf"))
+    assert checked.sentences[0].citations[0].supported and checked.sentences[0].citations[0].page == 3
+
     client = TestClient(create_app(service))
     page = client.get(f"/view/report.pdf?start={cited.start}&end={cited.end}")
     assert page.status_code == 200 and "img-src 'self'" in page.headers["content-security-policy"]
