@@ -177,23 +177,36 @@ def main() -> None:
         rows = []
         for name in extractors:
             found, lines, ordered, two, furniture = scores[name]
-            rows.append([
-                name, f"{total_pages / best[name]:.0f}", f"{best[name] / reference:.1f}x", loads[name],
-                f"{found}/{lines} ({found / lines:.1%})", f"{ordered}/{two}", furniture,
-            ])
+            rows.append(
+                [
+                    name,
+                    f"{total_pages / best[name]:.0f}",
+                    f"{best[name] / reference:.1f}x",
+                    loads[name],
+                    f"{found}/{lines} ({found / lines:.1%})",
+                    f"{ordered}/{two}",
+                    furniture,
+                ]
+            )
 
         embedder = Embedder(Settings().embedding)
         embedder.encode(["warm up"])
-        settings = Settings(corpus_dir=folder)
-        settings.index.dir = Path(tmp) / "index"
-        service = RagService(settings)
+        service = RagService(Settings().replace(index={"dir": Path(tmp) / "index", "corpus_dir": folder}))
         service.embedder = embedder
         clock = time.perf_counter()
         report = service.update(paths=[folder])
         build = time.perf_counter() - clock
         index_load = open("/proc/loadavg").read().split()[0]
 
-    headers = ["extractor", "pages/s", "time vs raw pypdfium2", "load avg", "body lines found verbatim", "2-column pages in column order", "header/footer lines kept"]
+    headers = [
+        "extractor",
+        "pages/s",
+        "time vs raw pypdfium2",
+        "load avg",
+        "body lines found verbatim",
+        "2-column pages in column order",
+        "header/footer lines kept",
+    ]
     from rich.console import Console
 
     Console().print(rich_table("PDF extraction", headers, rows))

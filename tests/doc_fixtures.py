@@ -101,8 +101,12 @@ def report_pdf(path: Path, *, encrypt_with: str | None = None) -> Path:
     pdf.add_page()
     _page_furniture(pdf, 5, pages)
     pdf.set_xy(15, 30)
-    pdf.multi_cell(180, 6, "Winter closes the valley road at the first snowfall, and the gauging station at the bridge "
-                   "then reports by radio twice a week until the thaw in April.")
+    pdf.multi_cell(
+        180,
+        6,
+        "Winter closes the valley road at the first snowfall, and the gauging station at the bridge "
+        "then reports by radio twice a week until the thaw in April.",
+    )
     data = pdf.output()
     path.write_bytes(bytes(data))
     return path
@@ -149,7 +153,9 @@ def report_docx(path: Path) -> Path:
     doc.add_paragraph("Survey the channel depth in February.", style="List Number")
     doc.add_paragraph("Dredge the northern quay in March.", style="List Number")
     table = doc.add_table(rows=3, cols=3)
-    for r, row in enumerate((("Berth", "Depth (m)", "Last dredged"), ("North quay", "4.2", "2023"), ("Fish dock", "2.8", "2021"))):
+    for r, row in enumerate(
+        (("Berth", "Depth (m)", "Last dredged"), ("North quay", "4.2", "2023"), ("Fish dock", "2.8", "2021"))
+    ):
         for c, value in enumerate(row):
             table.cell(r, c).text = value
     doc.add_paragraph("Costs are shared between the town council and the ferry company, two thirds to one third.")

@@ -12,10 +12,18 @@ from pathlib import Path
 import pytest
 from conftest import make_service, make_settings
 from doc_fixtures import (
-    HEADER, HYPHENATED_LINES, LEFT_COLUMN, RIGHT_COLUMN, report_docx, report_pdf, scanned_pdf,
+    HEADER,
+    HYPHENATED_LINES,
+    LEFT_COLUMN,
+    RIGHT_COLUMN,
+    report_docx,
+    report_pdf,
+    scanned_pdf,
 )
 from fpdf import FPDF
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from rag.config import ChunkingSettings, CleaningSettings
 from rag.errors import BadInputError
@@ -72,7 +80,7 @@ def test_a_word_hyphenated_over_a_line_break_is_stored_as_read_and_searched_join
     assert "glaci\u00adology" in chunk.text  # PDFium's line-end hyphen, kept as a soft hyphen
     assert "glaciology" in search_text(chunk.text)
     assert search_text("well-\nknown twenty-five") == "wellknown twenty-five"
-    assert HYPHENATED_LINES[1][len("ology"):] in chunk.text  # the line after the break follows on
+    assert HYPHENATED_LINES[1][len("ology") :] in chunk.text  # the line after the break follows on
 
 
 def test_pdf_without_text_encrypted_and_broken_are_skipped_by_name(tmp_path: Path, caplog) -> None:
@@ -162,9 +170,13 @@ def paged_pdfs(draw) -> tuple[bytes, int]:
 TOKEN = re.compile(r"[a-z]+(\d+)")
 
 
-@hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@hypothesis_settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(pdf=paged_pdfs(), target=st.integers(10, 80))
-def test_every_pdf_chunk_is_its_slice_and_on_the_pages_of_its_words(tmp_path: Path, pdf: tuple[bytes, int], target: int) -> None:
+def test_every_pdf_chunk_is_its_slice_and_on_the_pages_of_its_words(
+    tmp_path: Path, pdf: tuple[bytes, int], target: int
+) -> None:
     data, page_count = pdf
     path = tmp_path / "survey.pdf"
     path.write_bytes(data)
@@ -216,7 +228,10 @@ def test_every_docx_chunk_is_its_slice(tmp_path: Path, parts: list[tuple[str, st
         assert doc.text[chunk.start : chunk.end] == chunk.text and chunk.page is None
 
 
-@given(starts=st.lists(st.integers(1, 500), max_size=8, unique=True), span=st.tuples(st.integers(0, 600), st.integers(1, 50)))
+@given(
+    starts=st.lists(st.integers(1, 500), max_size=8, unique=True),
+    span=st.tuples(st.integers(0, 600), st.integers(1, 50)),
+)
 def test_page_fields_agree_with_counting_page_breaks(starts: list[int], span: tuple[int, int]) -> None:
     pages = [0, *sorted(starts)]
     text = "".join("\f" if i in pages[1:] else "x" for i in range(700))
@@ -250,21 +265,28 @@ def test_pdf_and_docx_through_the_index_search_answers_and_document_page(tmp_pat
     hit = service.search("Which berth was dredged in 2023?", k=1).results[0]
     assert hit.doc_id == "plan.docx" and hit.page is None
 
-    answer = service.ask("How fast does the Merlin Glacier retreat?", _extractive())
+    answer = service.ask("How fast does the Merlin Glacier retreat?", model="extractive")
     cited = next(c for c in answer.citations if c.doc_id == "report.pdf")
     assert cited.page == 3 and service.document("report.pdf").text[cited.start : cited.end] == cited.text
 
-    from rag.verify.checker import CheckRequest
+    from rag.requests import CheckRequest
 
-    checked = service.check(CheckRequest(claim="The Merlin Glacier retreats twenty-five metres a year.", doc_id="report.pdf"))
+    checked = service.check(
+        CheckRequest(claim="The Merlin Glacier retreats twenty-five metres a year.", doc_id="report.pdf")
+    )
     assert checked.sentences[0].citations[0].supported and checked.sentences[0].citations[0].page == 3
 
     client = TestClient(create_app(service))
     page = client.get(f"/view/report.pdf?start={cited.start}&end={cited.end}")
     assert page.status_code == 200 and "img-src 'self'" in page.headers["content-security-policy"]
     assert '<figure class="pdf-page" id="span"><figcaption>p. 3</figcaption>' in page.text
-    boxes = [tuple(map(float, m)) for m in re.findall(r'class="span-box" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', page.text)]
-    assert boxes and all(0 < x < 595 and 60 < y < 300 and w > 0 and h > 0 for x, y, w, h in boxes)  # under the header, above the footer
+    boxes = [
+        tuple(map(float, m))
+        for m in re.findall(r'class="span-box" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', page.text)
+    ]
+    assert boxes and all(
+        0 < x < 595 and 60 < y < 300 and w > 0 and h > 0 for x, y, w, h in boxes
+    )  # under the header, above the footer
     assert '<span class="page-break">p. 3</span>' in page.text
     image = client.get("/page-image/report.pdf?page=3&width=700")
     assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
@@ -283,13 +305,9 @@ def test_pdf_and_docx_through_the_index_search_answers_and_document_page(tmp_pat
     report_pdf(corpus / "report.pdf", encrypt_with=None)
     with (corpus / "report.pdf").open("ab") as handle:
         handle.write(b"\n% appended\n")
-    assert "has changed since it was indexed" in client.get(f"/view/report.pdf?start={cited.start}&end={cited.end}").text
-
-
-def _extractive():
-    from rag.answer.pipeline import AskOptions
-
-    return AskOptions(model="extractive")
+    assert (
+        "has changed since it was indexed" in client.get(f"/view/report.pdf?start={cited.start}&end={cited.end}").text
+    )
 
 
 def test_upload_names_take_every_supported_type() -> None:
@@ -334,16 +352,26 @@ def test_rag_index_reads_a_mixed_folder_and_search_shows_pages(tmp_path: Path) -
         "<html><head><title>Ferry times</title></head><body><article><h1>Ferry times</h1><p>The ferry to Eastmere "
         "leaves the western pier at nine in the morning and returns at five, from May to September.</p></article></body></html>"
     )
-    (folder / "bakery.md").write_text("# Bakery\n\nThe bakery on Mill Street has baked rye bread in a wood-fired oven since 1921.\n")
+    (folder / "bakery.md").write_text(
+        "# Bakery\n\nThe bakery on Mill Street has baked rye bread in a wood-fired oven since 1921.\n"
+    )
     (folder / "keeper.txt").write_text("The lighthouse keeper rowed to the island every Tuesday with supplies.\n")
 
     def rag(*args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-        return subprocess.run([sys.executable, "-m", "rag.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "rag.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
 
     indexed = rag("index", "mixed", "--json")
     assert indexed.returncode == 0, indexed.stderr
-    assert sorted(json.loads(indexed.stdout)["added"]) == ["bakery.md", "ferry.html", "keeper.txt", "plan.docx", "report.pdf"]
+    assert sorted(json.loads(indexed.stdout)["added"]) == [
+        "bakery.md",
+        "ferry.html",
+        "keeper.txt",
+        "plan.docx",
+        "report.pdf",
+    ]
     assert "scan.pdf: no text layer on any of its 2 page(s)" in indexed.stderr
     assert "locked.pdf: encrypted PDF: it needs a password" in indexed.stderr
     texts = {
@@ -377,12 +405,40 @@ def test_cards_and_document_page_name_the_pages() -> None:
     text = "First page text.\fSecond <page> text.\fThird page."
     doc = Document(doc_id="dir/r.pdf", path="r.pdf", root=".", text=text, sha256="", format="pdf", pages=[0, 17, 37])
     start, end = text.index("Second"), text.index("Third") + 5
-    hit = SearchHit(rank=1, score=1.0, chunk_id="c", doc_id=doc.doc_id, start=start, end=end, text=text[start:end], title="R",
-                    **doc.page_fields(start, end))
+    hit = SearchHit(
+        rank=1,
+        score=1.0,
+        chunk_id="c",
+        doc_id=doc.doc_id,
+        start=start,
+        end=end,
+        text=text[start:end],
+        title="R",
+        **doc.page_fields(start, end),
+    )
     assert (hit.page, hit.pages) == (2, [2, 3])
-    citation = Citation(id=1, passage=1, sentence=0, chunk_id="c", doc_id=doc.doc_id, start=start, end=start + 6, text="Second",
-                        chunk_start=start, chunk_end=end, title="R", supported=True, **doc.page_fields(start, start + 6))
-    card = sources_html([AnswerResponse(question="q", answer="a [1].", abstained=False, model="m", citations=[citation], passages=[hit])])
+    citation = Citation(
+        id=1,
+        passage=1,
+        sentence=0,
+        chunk_id="c",
+        doc_id=doc.doc_id,
+        start=start,
+        end=start + 6,
+        text="Second",
+        chunk_start=start,
+        chunk_end=end,
+        title="R",
+        supported=True,
+        **doc.page_fields(start, start + 6),
+    )
+    card = sources_html(
+        [
+            AnswerResponse(
+                question="q", answer="a [1].", abstained=False, model="m", citations=[citation], passages=[hit]
+            )
+        ]
+    )
     assert '<span class="page">p. 2</span>' in card and "Open p. 2 ↗" in card
     assert '<span class="page">pp. 2–3</span>' in search_html([hit]) and "Open pp. 2–3 ↗" in search_html([hit])
 

@@ -9,10 +9,10 @@ from urllib.parse import quote, urlencode
 
 from rag.ingest.pdf import PAGE_BREAK, PageBoxes
 from rag.schema import AnswerResponse, AnswerSentence, Citation, Document, SearchHit, page_label
+from rag.verify.citations import MARKER
 
 # Width in pixels the document page asks PDF pages to be rendered at (sharp at twice its column).
 PAGE_WIDTH_PX = 1400
-from rag.verify.citations import MARKER
 
 VERDICT = {True: ("supported", "✓ Supported"), False: ("unsupported", "✗ Not supported"), None: ("unchecked", "Not checked")}
 STATUS_NOTE = {

@@ -40,7 +40,9 @@ _CHARACTERS = {"\ufffe": SOFT_HYPHEN, "\ufeff": " ", "\x00": " ", "\x02": SOFT_H
 # Top and bottom share of the page height where running headers, footers and page numbers sit.
 FURNITURE_BAND = 0.12
 FURNITURE_MAX_WORDS = 12
-PAGE_NUMBER = re.compile(r"^[-–—\s]*(?:page\s+)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:of|/)\s*\d{1,4})?[-–—\s]*$", re.IGNORECASE)
+PAGE_NUMBER = re.compile(
+    r"^[-–—\s]*(?:page\s+)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:of|/)\s*\d{1,4})?[-–—\s]*$", re.IGNORECASE
+)
 SENTENCE_END = re.compile(r"[.!?:;…][\"'”’)\]]*$")
 # Where a word is split over a line break: a soft hyphen, or a hyphen ending a line between letters.
 _LINE_HYPHEN = re.compile(r"\u00ad\n?|(?<=[^\W\d_])-\n(?=[^\W\d_])")
@@ -167,7 +169,8 @@ def _furniture(pages: list[PageText]) -> set[tuple[int, int]]:
     return {
         (p, i)
         for (p, i), key in keys.items()
-        if pages_with[key] >= recurring or PAGE_NUMBER.match(pages[p].text[pages[p].lines[i].start : pages[p].lines[i].end])
+        if pages_with[key] >= recurring
+        or PAGE_NUMBER.match(pages[p].text[pages[p].lines[i].start : pages[p].lines[i].end])
     }
 
 
@@ -187,10 +190,17 @@ def _blocks(text: str, pages: list[PageText], starts: list[int], furniture: set[
             start, end = starts[p] + line.start, starts[p] + line.end
             body = text[start:end]
             heading = (
-                len(body.split()) <= FURNITURE_MAX_WORDS and not SENTENCE_END.search(body)
-                and body[:1].isupper() and len(body) < 0.6 * typical
+                len(body.split()) <= FURNITURE_MAX_WORDS
+                and not SENTENCE_END.search(body)
+                and body[:1].isupper()
+                and len(body) < 0.6 * typical
             )
-            if current is not None and not heading and not text[current.end : start].strip() and text[current.end : start].count("\n") <= 1:
+            if (
+                current is not None
+                and not heading
+                and not text[current.end : start].strip()
+                and text[current.end : start].count("\n") <= 1
+            ):
                 current.end = end
             else:
                 current = Block(start=start, end=end, kind="heading" if heading else "paragraph")
@@ -252,7 +262,9 @@ def span_boxes(data: bytes, doc: Document, start: int, end: int) -> list[PageBox
                 page_end = doc.pages[number] - len(PAGE_BREAK) if number < len(doc.pages) else len(doc.text)
                 extracted = page_text(page)
                 if extracted.text != doc.text[page_start:page_end]:
-                    raise SourceUnavailableError(f"page {number} of {doc.path} reads differently from when it was indexed; run `rag index`")
+                    raise SourceUnavailableError(
+                        f"page {number} of {doc.path} reads differently from when it was indexed; run `rag index`"
+                    )
                 local_start, local_end = max(start, page_start) - page_start, min(end, page_end) - page_start
                 if local_start >= local_end:
                     continue
@@ -260,7 +272,10 @@ def span_boxes(data: bytes, doc: Document, start: int, end: int) -> list[PageBox
                 width, height = page.get_size()
                 textpage = page.get_textpage()
                 try:
-                    rects = [textpage.get_rect(i) for i in range(textpage.count_rects(first_char, last_char - first_char + 1))]
+                    rects = [
+                        textpage.get_rect(i)
+                        for i in range(textpage.count_rects(first_char, last_char - first_char + 1))
+                    ]
                 finally:
                     textpage.close()
                 boxes = [(left, height - top, right - left, top - bottom) for left, bottom, right, top in rects]

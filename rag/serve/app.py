@@ -29,7 +29,7 @@ def create_app(service: RagService) -> FastAPI:
         pages, notice = [], None
         if doc.pages and start is not None and end is not None:
             try:
-                pages = span_boxes(source_pdf(doc, [service.settings.corpus_dir]), doc, start, end)
+                pages = span_boxes(source_pdf(doc, [service.settings.index.corpus_dir]), doc, start, end)
             except (SourceUnavailableError, UnreadableDocumentError) as exc:
                 notice = f"{exc}. The text is shown below."
         return document_page(doc, start, end, pages, notice)
@@ -44,7 +44,7 @@ def create_app(service: RagService) -> FastAPI:
             raise BadInputError(f"{doc_id} is not a PDF: it has no pages to show")
         if page > len(doc.pages):
             raise UnknownDocumentError(f"{doc_id} has {len(doc.pages)} page(s), not {page}")
-        png = render_page(source_pdf(doc, [service.settings.corpus_dir]), page, width)
+        png = render_page(source_pdf(doc, [service.settings.index.corpus_dir]), page, width)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     return gr.mount_gradio_app(
