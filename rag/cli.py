@@ -42,6 +42,7 @@ from rag.requests import (
     SearchRequest,
     make_request,
 )
+from rag.schema import page_label
 
 app = typer.Typer(
     help="Questions answered with citations you can check.",
@@ -268,7 +269,7 @@ def search(
     if not response.results:
         out.print("No passages found.")
     for hit in response.results:
-        where = f"{hit.doc_id} [{hit.start}:{hit.end}]"
+        where = " ".join(filter(None, [hit.doc_id, page_label(hit), f"[{hit.start}:{hit.end}]"]))
         also = f"  (also in {', '.join(sorted({a.doc_id for a in hit.also_in}))})" if hit.also_in else ""
         out.print(Panel(escape(hit.text), title=f"{hit.rank}. {escape(hit.title)}", subtitle=f"{escape(where)}  score {hit.score:.4f}{escape(also)}", title_align="left", subtitle_align="left"))
 
@@ -423,7 +424,7 @@ def _print_answer(response, show_answer: bool) -> None:
     for citation in response.citations:
         out.print(
             f"[bold][{citation.id}][/] {STATUS_STYLE[citation.supported]}  {escape(citation.title)} — "
-            f"{escape(citation.doc_id)} [{citation.start}:{citation.end}]"
+            f"{escape(citation.doc_id)} {escape(page_label(citation) + ' ') if citation.page else ''}[{citation.start}:{citation.end}]"
             + (f"  [dim]({escape(citation.reason)})[/]" if citation.reason else "")
         )
         out.print(f"    [italic]“{escape(' '.join(citation.text.split()))}”[/]")

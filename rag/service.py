@@ -21,7 +21,7 @@ from rag.errors import (
     PayloadTooLargeError,
     UnknownDocumentError,
 )
-from rag.ingest.loading import SUPPORTED_SUFFIXES, LoadReport, load_file
+from rag.ingest.loading import SUPPORTED_LIST, SUPPORTED_SUFFIXES, LoadReport, load_file
 from rag.ingest.pipeline import EmbedProgress, IndexReport, update_index
 from rag.llm.local import LocalModel
 from rag.requests import AskRequest, CheckRequest, SearchRequest, make_request
@@ -243,5 +243,5 @@ def upload_name(filename: str) -> str:
         raise BadInputError(f"file name too long: {len(name.encode())} bytes of UTF-8, the limit is {MAX_NAME_BYTES}")
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES or not suffix:
-        raise BadInputError(f"unsupported file type '{suffix or name}' (use .txt, .md or .html)")
+        raise BadInputError(f"unsupported file type '{suffix or name}' (use {SUPPORTED_LIST})")
     return name

@@ -350,6 +350,7 @@ class Answerer:
                 number=n, passage=s.passage + 1, doc_id=draft.passages[s.passage].doc_id,
                 chunk_id=draft.passages[s.passage].chunk_id, start=s.span.start, end=s.span.end, text=s.text,
                 score=round(s.score, 4), probability=round(p[n - 1], 4) if p else None,
+                **self.retriever.store.documents[draft.passages[s.passage].doc_id].page_fields(s.span.start, s.span.end),
             )
             for n, s in enumerate(draft.evidence, start=1)
         ]
@@ -396,6 +397,7 @@ class Answerer:
                 start=verdict.span.start, end=verdict.span.end, text=documents[hit.doc_id].text[verdict.span.start : verdict.span.end],
                 chunk_start=hit.start, chunk_end=hit.end, title=hit.title, supported=verdict.supported,
                 score=round(verdict.score, 4), reason=reason, origin=origin,
+                **documents[hit.doc_id].page_fields(verdict.span.start, verdict.span.end),
             ))
             return len(citations)
 
