@@ -33,6 +33,7 @@ from rag.errors import (
     ServerBusyError,
     UnknownDocumentError,
 )
+from rag.ingest.loading import SUPPORTED_LIST
 from rag.ingest.pipeline import IndexReport
 from rag.requests import AskRequest, CheckRequest, SearchRequest
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
@@ -214,7 +215,7 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
         return DocumentList(documents=service.documents())
 
     @api.post("/documents", status_code=201)
-    def upload_document(file: Annotated[UploadFile, File(description="A .txt, .md or .html file")]) -> IndexChange:
+    def upload_document(file: Annotated[UploadFile, File(description=f"A {SUPPORTED_LIST} file")]) -> IndexChange:
         limit = service.settings.server.max_upload_bytes
         data = file.file.read(limit + 1)  # never more than the limit in memory
         name = upload_name(file.filename or "")
