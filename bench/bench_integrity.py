@@ -27,7 +27,7 @@ from rag.errors import IndexDamagedError
 from rag.eval.beir import beir_settings, load_beir
 from rag.ingest.dedup import TOKEN
 from rag.ingest.pipeline import update_index
-from rag.llm.local import BUNDLED_GGUF, default_cache_dir, verify_bundled_gguf
+from rag.llm.gguf import BUNDLED_GGUF, default_cache_dir, verify_bundled_gguf
 from rag.retrieve.retriever import Retriever
 from rag.schema import Chunk
 from rag.stores.faiss_bm25.store import (
@@ -171,8 +171,7 @@ def damage_row(case: str, damage: Callable[[Path], None], pristine: Path, corpus
         noticed = "**not noticed**"
     except IndexDamagedError as exc:
         noticed = exc.problems[0]
-    settings = Settings(corpus_dir=corpus)
-    settings.index.dir = index_dir
+    settings = Settings().replace(index={"corpus_dir": corpus, "dir": index_dir})
     report = update_index(settings, paths=[corpus], embedder_factory=StandInEmbedder)
     # The warning's last part, without the generation's (random) name.
     recovered = report.rebuilt_because[0].rsplit("; ", 1)[-1].split(" gen-")[0] if report.rebuilt_because else "nothing done"
@@ -190,20 +189,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        seeds = Settings(corpus_dir=ROOT / "seeds")
-        seeds.index.dir = work / "seeds-index"
+        seeds = Settings().replace(index={"corpus_dir": ROOT / "seeds", "dir": work / "seeds-index"})
         seeds_generation = build(seeds, paths=[ROOT / "seeds"])
         # A second generation (one document fewer), so damage can fall back to the previous one.
         corpus = work / "corpus"
         shutil.copytree(ROOT / "seeds", corpus)
-        case_settings = Settings(corpus_dir=corpus)
-        case_settings.index.dir = work / "pristine"
+        case_settings = Settings().replace(index={"corpus_dir": corpus, "dir": work / "pristine"})
         (corpus / "002_be266ad687065662.txt").rename(work / "002.txt")
         build(case_settings, paths=[corpus])
         (work / "002.txt").rename(corpus / "002_be266ad687065662.txt")
         build(case_settings, paths=[corpus])
-        foreign = Settings()
-        foreign.index.dir = work / "foreign"
+        foreign = Settings().replace(index={"dir": work / "foreign"})
         foreign_faiss = segment(build(foreign, paths=[ROOT / "seeds" / "000_c1a45aa062b469e9.txt"])) / "dense.faiss"
 
         scifact = beir_settings(Settings(), work / "scifact-index")

@@ -46,7 +46,11 @@ def real_passages() -> tuple[np.ndarray, list[str]]:
     for root in (CACHE_DIR / "clapnq", Path("/work/main/bench/.cache/clapnq")):
         for generation in sorted(root.glob("beir/clapnq/gen-*"), reverse=True):
             if (generation / "vectors.npy").is_file():
-                chunks = [json.loads(line)["text"] for line in (generation / "chunks.jsonl").read_text().splitlines() if line.strip()]
+                chunks = [
+                    json.loads(line)["text"]
+                    for line in (generation / "chunks.jsonl").read_text().splitlines()
+                    if line.strip()
+                ]
                 return np.load(generation / "vectors.npy"), chunks
     raise SystemExit("no cached ClapNQ index: run bench/bench_clapnq.py first")
 
@@ -55,17 +59,30 @@ def derived(base: np.ndarray, texts: list[str], n: int) -> tuple[np.ndarray, lis
     rng = np.random.default_rng(13)
     picks = rng.integers(0, len(base), size=(n, 3))
     weights = rng.dirichlet([1.0, 1.0, 1.0], size=n).astype(np.float32)
-    vectors = np.einsum("nk,nkd->nd", weights, base[picks]) + rng.standard_normal((n, base.shape[1])).astype(np.float32) * 0.01
+    vectors = (
+        np.einsum("nk,nkd->nd", weights, base[picks])
+        + rng.standard_normal((n, base.shape[1])).astype(np.float32) * 0.01
+    )
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors.astype(np.float32), [f"{texts[p]} (variant {i})" for i, p in enumerate(picks[:, 0])]
 
 
 def manifest(settings: Settings, n: int) -> Manifest:
     return Manifest(
-        created_at=new_manifest_time(), embedding_model=settings.embedding.model, embedding_fingerprint="derived", dimension=384,
-        include_title=False, chunking=settings.chunking, cleaning=settings.cleaning, faiss_type="flat",
-        dedup_threshold=settings.index.dedup_threshold, corpus_fingerprint=str(n), documents=n, chunks=n,
-        canonical_chunks=n, versions=package_versions(),
+        created_at=new_manifest_time(),
+        embedding_model=settings.embedding.model,
+        embedding_fingerprint="derived",
+        dimension=384,
+        include_title=False,
+        chunking=settings.chunking,
+        cleaning=settings.cleaning,
+        faiss_type="flat",
+        dedup_threshold=settings.index.dedup_threshold,
+        corpus_fingerprint=str(n),
+        documents=n,
+        chunks=n,
+        canonical_chunks=n,
+        versions=package_versions(),
     )
 
 
@@ -81,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     base, texts = real_passages()
     vectors, passage_texts = derived(base, texts, args.passages)
-    questions = [json.loads(line)["question"] for line in (BENCH_DIR / "questions" / "clapnq_dev.jsonl").read_text().splitlines()][: args.queries]
+    questions = [
+        json.loads(line)["question"] for line in (BENCH_DIR / "questions" / "clapnq_dev.jsonl").read_text().splitlines()
+    ][: args.queries]
     embedder = Embedder(Settings().embedding)
     queries = np.stack([embedder.encode_query(q) for q in questions]).astype(np.float32)
     rows: list[list[str]] = []
@@ -105,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
         bm25_build = time.perf_counter() - clock
         del lexical
         disk = {p.name: p.stat().st_size for p in next(generation.glob("seg-*")).rglob("*") if p.is_file()}
-        bm25_disk = sum(size for name, size in disk.items() if name.endswith(".npy") and name != "vectors.npy") + disk.get("vocab.json", 0)
+        bm25_disk = sum(
+            size for name, size in disk.items() if name.endswith(".npy") and name != "vectors.npy"
+        ) + disk.get("vocab.json", 0)
         # Restart: a fresh load of the generation, verified, memory-mapped.
         clock, before = time.perf_counter(), rss_mib()
         data = read_generation(generation, mmap=True)
@@ -114,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         segment = data.segments[0]
         exact_top = (vectors @ queries.T).argsort(axis=0)[::-1][:10].T
         for kind in TYPES:
-            settings.index.faiss_type = kind
+            settings = settings.replace(index={"faiss_type": kind})
             load, before, clock = os.getloadavg()[0], rss_mib(), time.perf_counter()
             segment.dense = build_dense_index(vectors, settings.index) if kind != "flat" else segment.dense
             build = time.perf_counter() - clock if kind != "flat" else store_build
@@ -126,14 +147,26 @@ def main(argv: list[str] | None = None) -> None:
                 clock = time.perf_counter()
                 found = store.search(question, query, "dense", 10, None)
                 dense_times.append(time.perf_counter() - clock)
-                recall.append(len({c.chunk.chunk_id for c in found} & {data.row_chunks[r].chunk_id for r in exact}) / 10)
+                recall.append(
+                    len({c.chunk.chunk_id for c in found} & {data.row_chunks[r].chunk_id for r in exact}) / 10
+                )
                 clock = time.perf_counter()
                 store.search(question, query, "hybrid", settings.retrieval.candidates, None)
                 hybrid_times.append(time.perf_counter() - clock)
             dense_p50, dense_p95 = percentiles(dense_times)
             hybrid_p50, hybrid_p95 = percentiles(hybrid_times)
-            rows.append([kind, f"{build:.1f}", f"{max(rss_mib() - before, 0):.0f}", f"{path.stat().st_size / 2**20:.0f}",
-                         f"{statistics.mean(recall):.3f}", f"{dense_p50:.1f} / {dense_p95:.1f}", f"{hybrid_p50:.1f} / {hybrid_p95:.1f}", f"{load:.1f}"])
+            rows.append(
+                [
+                    kind,
+                    f"{build:.1f}",
+                    f"{max(rss_mib() - before, 0):.0f}",
+                    f"{path.stat().st_size / 2**20:.0f}",
+                    f"{statistics.mean(recall):.3f}",
+                    f"{dense_p50:.1f} / {dense_p95:.1f}",
+                    f"{hybrid_p50:.1f} / {hybrid_p95:.1f}",
+                    f"{load:.1f}",
+                ]
+            )
             print(rows[-1], flush=True)
         bm25_times = []
         for question in questions:
@@ -141,7 +174,19 @@ def main(argv: list[str] | None = None) -> None:
             store.search(question, None, "bm25", settings.retrieval.candidates, None)
             bm25_times.append(time.perf_counter() - clock)
         bm25_p50, bm25_p95 = percentiles(bm25_times)
-    table = markdown_table(["faiss_type", "build s", "RSS added MiB", "FAISS file MiB", "recall@10 vs exact", "dense p50 / p95 ms", "hybrid p50 / p95 ms", "load avg"], rows)
+    table = markdown_table(
+        [
+            "faiss_type",
+            "build s",
+            "RSS added MiB",
+            "FAISS file MiB",
+            "recall@10 vs exact",
+            "dense p50 / p95 ms",
+            "hybrid p50 / p95 ms",
+            "load avg",
+        ],
+        rows,
+    )
     write_section(
         "bench_scale",
         f"{args.passages:,} passages: FAISS types, BM25, restart",

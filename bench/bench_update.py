@@ -33,10 +33,20 @@ class StandInEmbedder:
     dimension = DIMENSION
 
     def encode(self, texts: list[str], progress=None) -> np.ndarray:
-        vectors = np.stack([np.random.default_rng(xxhash.xxh64_intdigest(t.encode())).standard_normal(DIMENSION) for t in texts]) if texts else np.zeros((0, DIMENSION))
+        vectors = (
+            np.stack(
+                [np.random.default_rng(xxhash.xxh64_intdigest(t.encode())).standard_normal(DIMENSION) for t in texts]
+            )
+            if texts
+            else np.zeros((0, DIMENSION))
+        )
         if progress:
             progress(len(texts))
-        return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32) if texts else vectors.astype(np.float32)
+        return (
+            (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+            if texts
+            else vectors.astype(np.float32)
+        )
 
 
 def measure(scifact: Path, index_dir: Path, uploads: int) -> dict:
@@ -89,14 +99,18 @@ def run(code_dir: Path, scifact: Path, work: Path, uploads: int) -> dict:
 
 
 def commit_of(code_dir: Path) -> str:
-    return subprocess.run(["git", "-C", str(code_dir), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(code_dir), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> None:
     from run_all import SCIFACT_DIR, markdown_table, write_section
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--baseline", type=Path, default=Path("/work/main"), help="checkout with the whole-corpus pipeline")
+    parser.add_argument(
+        "--baseline", type=Path, default=Path("/work/main"), help="checkout with the whole-corpus pipeline"
+    )
     parser.add_argument("--uploads", type=int, default=5)
     args = parser.parse_args(argv)
     repo = BENCH_DIR.parent
@@ -105,18 +119,29 @@ def main(argv: list[str] | None = None) -> None:
         for label, code in (("whole corpus per update", args.baseline), ("incremental (segments)", repo)):
             result = run(code, SCIFACT_DIR, Path(tmp) / label.split()[0], args.uploads)
             print(label, json.dumps(result, indent=1))
-            rows.append([
-                f"{label} ({commit_of(code)})",
-                str(result["documents"]),
-                f"{result['build_s']:.1f}",
-                f"{statistics.median(result['upload_s']):.2f}",
-                f"{result['change_s']:.2f}",
-                f"{result['remove_s']:.2f}",
-                ", ".join(f"{k} {v:.2f}" for k, v in result["upload_stages"].items()),
-                f"{result['load_before']:.1f} / {result['load_after']:.1f}",
-            ])
+            rows.append(
+                [
+                    f"{label} ({commit_of(code)})",
+                    str(result["documents"]),
+                    f"{result['build_s']:.1f}",
+                    f"{statistics.median(result['upload_s']):.2f}",
+                    f"{result['change_s']:.2f}",
+                    f"{result['remove_s']:.2f}",
+                    ", ".join(f"{k} {v:.2f}" for k, v in result["upload_stages"].items()),
+                    f"{result['load_before']:.1f} / {result['load_after']:.1f}",
+                ]
+            )
     table = markdown_table(
-        ["pipeline (commit)", "SciFact docs", "build s", "upload 1 doc s (median)", "change 1 doc s", "remove 1 doc s", "upload stages s", "load avg before / after"],
+        [
+            "pipeline (commit)",
+            "SciFact docs",
+            "build s",
+            "upload 1 doc s (median)",
+            "change 1 doc s",
+            "remove 1 doc s",
+            "upload stages s",
+            "load avg before / after",
+        ],
         rows,
     )
     ratio = float(rows[0][3]) / max(float(rows[1][3]), 1e-9)

@@ -1,5 +1,6 @@
 """The library's front door: one object that the CLI, the HTTP API and the UI all call.
-Models and the index load once, on first use, and the index reloads after every update."""
+Models and the index load once, on first use, and the index reloads after every update.
+The embedded answer model's server is the service's own: `close()` (or a `with` block) stops it."""
 
 from __future__ import annotations
 
@@ -7,37 +8,61 @@ import hashlib
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from rag.answer.conversation import Turn, standalone_question
-from rag.answer.pipeline import Answerer, AnswerEvent, AskOptions
-from rag.config import SearchMode, Settings, load_settings
+from rag.answer.pipeline import Answerer, AnswerEvent
+from rag.config import Settings, load_settings
 from rag.embed.encoder import Embedder, embedding_fingerprint
 from rag.errors import (
     BadInputError,
     PayloadTooLargeError,
     UnknownDocumentError,
 )
-from rag.ingest.loading import SUPPORTED_SUFFIXES, LoadReport, load_file
+from rag.ingest.loading import SUPPORTED_LIST, SUPPORTED_SUFFIXES, LoadReport, load_file
 from rag.ingest.pipeline import EmbedProgress, IndexReport, update_index
+from rag.llm.local import LocalModel
+from rag.requests import AskRequest, CheckRequest, SearchRequest, make_request
 from rag.retrieve.retriever import Retriever
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
 from rag.stores.base import Store
 from rag.stores.faiss_bm25.store import open_store
 from rag.text.words import is_unicode_text
-from rag.verify.checker import Checker, CheckReport, CheckRequest
+from rag.verify.checker import Checker, CheckReport
 
 
 class RagService:
+    """The library's front door: index documents, search them, answer questions with checked
+    citations, check another system's citations. Models and the index load on first use.
+
+    Use it as a context manager (or call `close`) so that what it started, such as the
+    embedded model's server, stops with it."""
+
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load_settings()
         self._lock = threading.Lock()
         self._store: Store | None = None
         self._retriever: Retriever | None = None
         self._answerer: Answerer | None = None
+        self._local_model: LocalModel | None = None
+
+    def __enter__(self) -> RagService:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the loaded index and models, and stop the embedded model's server if it
+        started. The service stays usable: a later use loads them again (and a later answer
+        starts a new server, which another close() stops)."""
+        self._reset()
+        with self._lock:
+            local_model, self._local_model = self._local_model, None
+        if local_model is not None:
+            local_model.close()
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -59,34 +84,33 @@ class RagService:
         return self._retriever
 
     @property
+    def local_model(self) -> LocalModel:
+        """The embedded answer model for these settings (`local_llm`): made on first use, its
+        server started by its first answer and stopped by `close()`."""
+        with self._lock:
+            if self._local_model is None:
+                self._local_model = LocalModel(self.settings.local_llm)
+            return self._local_model
+
+    @property
     def answerer(self) -> Answerer:
         retriever = self.retriever
         if self._answerer is None or self._answerer.retriever is not retriever:
-            self._answerer = Answerer(retriever, self.embedder, self.settings)
+            self._answerer = Answerer(retriever, self.embedder, self.settings, self.local_model)
         return self._answerer
 
-    def ask(self, question: str, options: AskOptions | None = None, history: list[Turn] | None = None) -> AnswerResponse:
-        for event in self.ask_stream(question, options, history):
+    def ask(self, request: AskRequest | str, **options: Any) -> AnswerResponse:
+        """A cited answer. `request`: an AskRequest, or the question with AskRequest's other
+        fields as keywords (`service.ask("Who?", model="extractive")`)."""
+        for event in self.ask_stream(request, **options):
             if event.response is not None:
                 return event.response
         raise AssertionError("answer stream ended without a result")
 
-    def ask_stream(
-        self, question: str, options: AskOptions | None = None, history: list[Turn] | None = None
-    ) -> Iterator[AnswerEvent]:
-        """Answer events; a follow-up (with `history`) is first rewritten into a standalone question."""
-        options = options or AskOptions()
-        model = options.model or self.settings.answer.model
-        started = time.perf_counter()
-        query = standalone_question(question, history or [], model, self.settings, options.api_base)
-        rewrite_ms = round((time.perf_counter() - started) * 1000, 1)
-        for event in self.answerer.stream(query, options):
-            if event.response is not None and query != question:
-                event.response.rewritten_question = query
-                event.response.question = question
-                event.response.timings_ms = {"rewrite": rewrite_ms, **event.response.timings_ms}
-                event.response.timings_ms["total"] += rewrite_ms
-            yield event
+    def ask_stream(self, request: AskRequest | str, **options: Any) -> Iterator[AnswerEvent]:
+        """The answer as events: the passages found, the answer's text as it is written, then
+        the verified response. Arguments as for `ask`."""
+        return self.answerer.stream(make_request(AskRequest, {"question": request, **options}) if isinstance(request, str) else request)
 
     def check(self, request: CheckRequest) -> CheckReport:
         limit = self.settings.verification.max_check_chars
@@ -103,24 +127,28 @@ class RagService:
 
     def update(
         self,
-        paths: list[Path] | None = None,
+        paths: list[str | os.PathLike[str]] | None = None,
         remove: list[str] | None = None,
         rebuild: bool = False,
         progress: EmbedProgress | None = None,
         documents: list[Document] | None = None,
     ) -> IndexReport:
+        """Sync the index with `paths` (folders are mirrored, deletions included; files are
+        added or updated), drop the `remove` doc ids, add ready-made `documents`. Only new
+        and changed passages are embedded; `rebuild` re-embeds everything."""
         report = update_index(
-            self.settings, paths=paths, remove=remove, rebuild=rebuild,
+            self.settings, paths=[Path(path) for path in paths] if paths else None, remove=remove, rebuild=rebuild,
             embedder_factory=lambda: self.embedder, progress=progress, documents=documents,
         )
         if report.written:
             self._reset()
         return report
 
-    def search(
-        self, query: str, k: int | None = None, mode: SearchMode | None = None, doc_ids: list[str] | None = None
-    ) -> SearchResponse:
-        return self.retriever.search(query, k=k, mode=mode, doc_ids=doc_ids)
+    def search(self, request: SearchRequest | str, **options: Any) -> SearchResponse:
+        """The passages most relevant to a query. `request`: a SearchRequest, or the query with
+        SearchRequest's other fields as keywords (`service.search("border guard", k=3)`)."""
+        request = make_request(SearchRequest, {"query": request, **options}) if isinstance(request, str) else request
+        return self.retriever.search(request.query, k=request.k, mode=request.mode, doc_ids=request.doc_ids)
 
     def documents(self) -> list[DocumentInfo]:
         store = self.store
@@ -146,7 +174,7 @@ class RagService:
         limit = self.settings.server.max_upload_bytes
         if len(data) > limit:
             raise PayloadTooLargeError(f"{name} is {len(data):,} bytes; the limit is {limit:,}")
-        corpus = self.settings.corpus_dir
+        corpus = self.settings.index.corpus_dir
         corpus.mkdir(parents=True, exist_ok=True)
         target = corpus / name
         # Hidden name: folder indexing skips dot-files, so a half-written upload is never indexed.
@@ -171,14 +199,17 @@ class RagService:
                 target.unlink(missing_ok=True)
             raise
 
-    def delete_document(self, doc_id: str) -> IndexReport:
-        """Drop a document from the index and, when it lives in the corpus folder, delete its
-        file too (else the next indexing of the folder would bring it back)."""
-        doc = self.document(doc_id)
-        report = self.update(remove=[doc_id])
-        path = Path(doc.path).resolve()
-        if path.is_relative_to(self.settings.corpus_dir.resolve()):
-            path.unlink(missing_ok=True)
+    def delete_documents(self, doc_ids: list[str]) -> IndexReport:
+        """Drop documents from the index and delete the files of those that live in the corpus
+        folder: the index mirrors that folder, so a file left there would come back at the next
+        `rag index`. Files indexed from elsewhere are left alone."""
+        docs = [self.document(doc_id) for doc_id in doc_ids]
+        report = self.update(remove=doc_ids)
+        corpus = self.settings.index.corpus_dir.resolve()
+        for doc in docs:
+            path = Path(doc.path).resolve()
+            if path.is_relative_to(corpus):
+                path.unlink(missing_ok=True)
         return report
 
     def changed_on_disk(self) -> list[str]:
@@ -212,5 +243,5 @@ def upload_name(filename: str) -> str:
         raise BadInputError(f"file name too long: {len(name.encode())} bytes of UTF-8, the limit is {MAX_NAME_BYTES}")
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES or not suffix:
-        raise BadInputError(f"unsupported file type '{suffix or name}' (use .txt, .md or .html)")
+        raise BadInputError(f"unsupported file type '{suffix or name}' (use {SUPPORTED_LIST})")
     return name

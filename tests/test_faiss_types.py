@@ -23,11 +23,21 @@ WORDS = ["harbour", "storm", "panel", "guard", "river", "bridge", "school", "mar
 
 def rows_of(doc_number: int, vectors: np.ndarray, settings: Settings) -> DocumentRows:
     doc_id = f"doc{doc_number:04d}.txt"
-    sentences = [f"{WORDS[(doc_number + i) % 10]} {WORDS[i % 10]} report {doc_number} part {i}." for i in range(PER_DOC)]
+    sentences = [
+        f"{WORDS[(doc_number + i) % 10]} {WORDS[i % 10]} report {doc_number} part {i}." for i in range(PER_DOC)
+    ]
     text = " ".join(sentences)
     chunks, start = [], 0
     for sentence in sentences:
-        chunks.append(Chunk(chunk_id=f"{doc_id}:{start}-{start + len(sentence)}", doc_id=doc_id, start=start, end=start + len(sentence), text=sentence))
+        chunks.append(
+            Chunk(
+                chunk_id=f"{doc_id}:{start}-{start + len(sentence)}",
+                doc_id=doc_id,
+                start=start,
+                end=start + len(sentence),
+                text=sentence,
+            )
+        )
         start += len(sentence) + 1
     document = Document(doc_id=doc_id, path=doc_id, root="/", text=text, sha256=str(doc_number))
     keys = [f"key-{doc_id}-{i}" for i in range(PER_DOC)]
@@ -36,10 +46,20 @@ def rows_of(doc_number: int, vectors: np.ndarray, settings: Settings) -> Documen
 
 def manifest(settings: Settings, documents: int) -> Manifest:
     return Manifest(
-        created_at=new_manifest_time(), embedding_model="stand-in", embedding_fingerprint="stand-in", dimension=DIMENSION,
-        include_title=False, chunking=settings.chunking, cleaning=settings.cleaning, faiss_type=settings.index.faiss_type,
-        dedup_threshold=settings.index.dedup_threshold, corpus_fingerprint=str(documents), documents=documents,
-        chunks=documents * PER_DOC, canonical_chunks=documents * PER_DOC, versions=package_versions(),
+        created_at=new_manifest_time(),
+        embedding_model="stand-in",
+        embedding_fingerprint="stand-in",
+        dimension=DIMENSION,
+        include_title=False,
+        chunking=settings.chunking,
+        cleaning=settings.cleaning,
+        faiss_type=settings.index.faiss_type,
+        dedup_threshold=settings.index.dedup_threshold,
+        corpus_fingerprint=str(documents),
+        documents=documents,
+        chunks=documents * PER_DOC,
+        canonical_chunks=documents * PER_DOC,
+        versions=package_versions(),
     )
 
 
@@ -52,17 +72,24 @@ def vectors() -> np.ndarray:
 
 @pytest.mark.parametrize("faiss_type", ["flat", "hnsw", "hnsw-sq8", "ivf", "ivf-sq8", "ivf-pq"])
 def test_each_faiss_type_finds_filters_and_forgets(tmp_path, vectors, faiss_type) -> None:
-    settings = Settings()
-    settings.index.dir = tmp_path / "index"
-    settings.index.faiss_type = faiss_type
+    settings = Settings().replace(index={"dir": tmp_path / "index", "faiss_type": faiss_type})
     docs = DOCS.get(faiss_type, 150)
     with open_writer(settings.index.dir, settings.index) as writer:
         rows = [rows_of(d, vectors[d * PER_DOC : (d + 1) * PER_DOC], settings) for d in range(docs)]
         writer.apply(Changes(upserted=rows, manifest=manifest(settings, docs)))
     data = read_index(settings.index.dir)
     index_class = type(data.segments[0].dense).__name__
-    assert index_class == {"flat": "IndexFlatIP", "hnsw": "IndexHNSWFlat", "hnsw-sq8": "IndexHNSWSQ", "ivf": "IndexIVFFlat",
-                           "ivf-sq8": "IndexIVFScalarQuantizer", "ivf-pq": "IndexIVFPQ"}[faiss_type]
+    assert (
+        index_class
+        == {
+            "flat": "IndexFlatIP",
+            "hnsw": "IndexHNSWFlat",
+            "hnsw-sq8": "IndexHNSWSQ",
+            "ivf": "IndexIVFFlat",
+            "ivf-sq8": "IndexIVFScalarQuantizer",
+            "ivf-pq": "IndexIVFPQ",
+        }[faiss_type]
+    )
     store = FaissBm25Store(data, settings.retrieval, settings.index)
     noise = np.random.default_rng(1).standard_normal(DIMENSION).astype(np.float32) * 0.01
 

@@ -71,19 +71,37 @@ def test_line_statistics_kept_incrementally_equal_a_fresh_count(ops, min_docs) -
 
 
 BASE = "the provincial armed forces deployed more than personnel and vehicles to remedy disaster consequences"
-VARIANTS = [BASE, BASE + " today", BASE.replace("more", "many"), "training drills exercises and combat readiness at all levels of command", "a completely different paragraph about fishing boats and storms near the coast"]
+VARIANTS = [
+    BASE,
+    BASE + " today",
+    BASE.replace("more", "many"),
+    "training drills exercises and combat readiness at all levels of command",
+    "a completely different paragraph about fishing boats and storms near the coast",
+]
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.lists(st.integers(0, len(VARIANTS) - 1), max_size=3)), min_size=1, max_size=15))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.lists(st.integers(0, len(VARIANTS) - 1), max_size=3)), min_size=1, max_size=15
+    )
+)
 def test_near_copy_groups_kept_incrementally_equal_a_fresh_grouping(ops) -> None:
     sketches = ChunkSketches(0.8, 128)
     grouped: dict[str, Chunk] = {}
     by_doc: dict[str, list[Chunk]] = {}
     for n, variants in ops:
         doc_id = f"d{n}"
-        new = [Chunk(chunk_id=f"{doc_id}:{i * 1000}-{i * 1000 + len(VARIANTS[v])}", doc_id=doc_id, start=i * 1000,
-                     end=i * 1000 + len(VARIANTS[v]), text=VARIANTS[v]) for i, v in enumerate(variants)]
+        new = [
+            Chunk(
+                chunk_id=f"{doc_id}:{i * 1000}-{i * 1000 + len(VARIANTS[v])}",
+                doc_id=doc_id,
+                start=i * 1000,
+                end=i * 1000 + len(VARIANTS[v]),
+                text=VARIANTS[v],
+            )
+            for i, v in enumerate(variants)
+        ]
         old = by_doc.pop(doc_id, [])
         by_doc[doc_id] = new
         component = sketches.update([c.chunk_id for c in old], new)
@@ -102,39 +120,59 @@ def test_near_copy_groups_kept_incrementally_equal_a_fresh_grouping(ops) -> None
 # adding harbour.txt must clean and chunk lighthouse.txt again.
 FURNITURE = "Subscribe to our weekly letter to receive the latest reports about the province, its coast guard and the fishing fleet."
 NEW_DOCS = {
-    "lighthouse.txt": "\n\n".join([
-        "Hòn Dấu lighthouse",
-        "The lighthouse keeper of Hòn Dấu island reported that the new solar panels now supply all of the station's power.",
-        "Engineers installed forty-two panels during the dry season of 2025, and the diesel generator is kept only as a reserve.",
-        FURNITURE,
-        "The keeper said that the batteries last for three cloudy days before the generator has to be started again.",
-    ]) + "\n",
-    "harbour.txt": "\n\n".join([
-        "Harbour news",
-        "Fishing boats returned to the harbour before the storm, and the border guard helped fishermen secure their vessels.",
-        "The harbour master counted more than two hundred boats sheltering behind the breakwater on Tuesday night.",
-        FURNITURE,
-        "No injuries were reported, although several nets and two small wooden boats were lost to the waves.",
-    ]) + "\n",
+    "lighthouse.txt": "\n\n".join(
+        [
+            "Hòn Dấu lighthouse",
+            "The lighthouse keeper of Hòn Dấu island reported that the new solar panels now supply all of the station's power.",
+            "Engineers installed forty-two panels during the dry season of 2025, and the diesel generator is kept only as a reserve.",
+            FURNITURE,
+            "The keeper said that the batteries last for three cloudy days before the generator has to be started again.",
+        ]
+    )
+    + "\n",
+    "harbour.txt": "\n\n".join(
+        [
+            "Harbour news",
+            "Fishing boats returned to the harbour before the storm, and the border guard helped fishermen secure their vessels.",
+            "The harbour master counted more than two hundred boats sheltering behind the breakwater on Tuesday night.",
+            FURNITURE,
+            "No injuries were reported, although several nets and two small wooden boats were lost to the waves.",
+        ]
+    )
+    + "\n",
 }
-QUERIES = ["solar panels lighthouse", "border guard fishermen storm", "How many commune-level military party cells were established?", "22,700 personnel and 800 vehicles"]
+QUERIES = [
+    "solar panels lighthouse",
+    "border guard fishermen storm",
+    "How many commune-level military party cells were established?",
+    "22,700 personnel and 800 vehicles",
+]
 
 
 def snapshot(service) -> dict:
     data = read_index(service.settings.index.dir)
     hits = {
-        (query, mode): service.search(query, k=10, mode=mode).results for query in QUERIES for mode in ("hybrid", "dense", "bm25")
+        (query, mode): service.search(query, k=10, mode=mode).results
+        for query in QUERIES
+        for mode in ("hybrid", "dense", "bm25")
     }
     results = {key: [(h.chunk_id, [loc.chunk_id for loc in h.also_in]) for h in found] for key, found in hits.items()}
     scores = [h.score for found in hits.values() for h in found]
     documents = {d: doc.model_dump(exclude={"mtime_ns"}) for d, doc in data.documents.items()}
-    return {"chunks": sorted(c.model_dump_json() for c in data.chunks), "documents": documents, "results": results, "scores": scores,
-            "counts": (data.manifest.documents, data.manifest.chunks, data.manifest.canonical_chunks)}
+    return {
+        "chunks": sorted(c.model_dump_json() for c in data.chunks),
+        "documents": documents,
+        "results": results,
+        "scores": scores,
+        "counts": (data.manifest.documents, data.manifest.chunks, data.manifest.canonical_chunks),
+    }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("max_segments", [2, store.MAX_SEGMENTS], ids=["merging", "default"])
-def test_an_index_updated_document_by_document_equals_a_fresh_build(tmp_path, embedder, monkeypatch, max_segments) -> None:
+def test_an_index_updated_document_by_document_equals_a_fresh_build(
+    tmp_path, embedder, monkeypatch, max_segments
+) -> None:
     monkeypatch.setattr(store, "MAX_SEGMENTS", max_segments)
     corpus = tmp_path / "corpus"
     corpus.mkdir()

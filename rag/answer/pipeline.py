@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rag.answer.choice import Choice, choice_from_probabilities, choice_from_reply
+from rag.answer.conversation import standalone_question
 from rag.answer.decision import Signals, load_decision_model
 from rag.answer.evidence import (
     EvidenceSentence,
@@ -39,7 +40,7 @@ from rag.answer.prompts import (
     choice_messages,
     is_decline,
 )
-from rag.config import SearchMode, Settings
+from rag.config import EXTRACTIVE, Settings
 from rag.embed.encoder import Embedder
 from rag.llm.generation import (
     GenerationError,
@@ -47,14 +48,14 @@ from rag.llm.generation import (
     first_token_probabilities,
     stream_completion,
 )
-from rag.llm.local import is_local_model
+from rag.llm.local import LocalModel
+from rag.llm.provider import is_local_model
+from rag.requests import AskOptions, AskRequest
 from rag.retrieve.retriever import Retriever, validate_query
 from rag.schema import AnswerResponse, AnswerSentence, Citation, Evidence, SearchHit
 from rag.text.words import content_tokens, makes_claim, names_not_in, numbers_in
 from rag.verify.citations import MARKER, ParsedSentence, parse_answer, strip_markers
 from rag.verify.verifier import Verdict, Verifier
-
-EXTRACTIVE = "extractive"
 
 NOT_FOUND_ANSWER = "The documents do not contain an answer to this question."
 
@@ -69,18 +70,6 @@ class AnswerEvent:
     text: str = ""
     passages: list[SearchHit] | None = None
     response: AnswerResponse | None = None
-
-
-@dataclass
-class AskOptions:
-    k: int | None = None
-    mode: SearchMode | None = None
-    doc_ids: list[str] | None = None
-    model: str | None = None
-    api_base: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    timeout_s: float | None = None
 
 
 @dataclass
@@ -109,10 +98,11 @@ Guard = Callable[[Draft], str | None]
 
 
 class Answerer:
-    def __init__(self, retriever: Retriever, embedder: Embedder, settings: Settings):
+    def __init__(self, retriever: Retriever, embedder: Embedder, settings: Settings, local_model: LocalModel | None = None):
         self.retriever = retriever
         self.embedder = embedder
         self.settings = settings
+        self.local_model = local_model  # answers `local/...` models
         self.verifier = Verifier(embedder, settings.verification)
         self.sentence_vectors = SentenceVectors(embedder, settings.evidence.cache_sentences)
 
@@ -124,21 +114,28 @@ class Answerer:
             return "choose" if is_local_model(model) else "generate"
         return configured
 
-    def stream(self, question: str, options: AskOptions | None = None) -> Iterator[AnswerEvent]:
-        options = options or AskOptions()
-        model = options.model or self.settings.answer.model
-        question = validate_query(question, self.settings.retrieval)
+    def stream(self, request: AskRequest) -> Iterator[AnswerEvent]:
+        """The stages in order: rewrite a follow-up, retrieve and select evidence, answer,
+        verify and repair citations, then the guards; events as each stage ends."""
+        model = request.model or self.settings.answer.model
+        question = validate_query(request.question, self.settings.retrieval)
         if model != EXTRACTIVE:
-            check_model(model, options.api_base or self.settings.answer.api_base)
+            check_model(model, request.api_base or self.settings.answer.api_base)
         timings: dict[str, float] = {}
         started = clock = time.perf_counter()
 
-        draft = self.draft(question, model, options)
+        query = standalone_question(question, request.history, model, self.settings, request.api_base, self.local_model)
+        if query != question:
+            timings["rewrite"] = _ms(clock)
+            clock = time.perf_counter()
+        draft = self.draft(query, model, request)
         timings["retrieve"] = _ms(clock)
         yield AnswerEvent("passages", passages=draft.passages)
 
         def finish(response: AnswerResponse) -> AnswerEvent:
             response.timings_ms = {**timings, "total": _ms(started)}
+            if query != question:
+                response.question, response.rewritten_question = question, query
             return AnswerEvent("answer", response=response)
 
         reason = self.retrieval_guard(draft)
@@ -147,7 +144,7 @@ class Answerer:
             return
 
         clock = time.perf_counter()
-        for piece in self.answer(draft, options):
+        for piece in self.answer(draft, request):
             if "first_token" not in timings:
                 timings["first_token"] = _ms(started)
             yield AnswerEvent("token", text=piece)
@@ -218,14 +215,14 @@ class Answerer:
         messages = self.choice_prompt(draft)
         api_base, timeout_s = options.api_base or cfg.api_base, options.timeout_s or cfg.timeout_s
         probabilities = first_token_probabilities(
-            messages, model=draft.model, api_base=api_base, timeout_s=timeout_s, local_settings=self.settings.local_llm,
+            messages, model=draft.model, api_base=api_base, timeout_s=timeout_s, local_model=self.local_model,
         )
         if probabilities:
             choice = choice_from_probabilities(probabilities, len(draft.evidence))
         else:  # a provider without token probabilities: read the labels it writes
             reply = "".join(stream_completion(
                 messages, model=draft.model, api_base=api_base, temperature=0.0, max_tokens=8, timeout_s=timeout_s,
-                local_settings=self.settings.local_llm,
+                local_model=self.local_model,
             ))
             choice = choice_from_reply(reply, len(draft.evidence))
         draft.choice = choice
@@ -288,7 +285,7 @@ class Answerer:
             temperature=cfg.temperature if options.temperature is None else options.temperature,
             max_tokens=options.max_tokens or cfg.max_tokens,
             timeout_s=options.timeout_s or cfg.timeout_s,
-            local_settings=self.settings.local_llm,
+            local_model=self.local_model,
             logit_bias=bias,
         ):
             text += piece
@@ -353,6 +350,7 @@ class Answerer:
                 number=n, passage=s.passage + 1, doc_id=draft.passages[s.passage].doc_id,
                 chunk_id=draft.passages[s.passage].chunk_id, start=s.span.start, end=s.span.end, text=s.text,
                 score=round(s.score, 4), probability=round(p[n - 1], 4) if p else None,
+                **self.retriever.store.documents[draft.passages[s.passage].doc_id].page_fields(s.span.start, s.span.end),
             )
             for n, s in enumerate(draft.evidence, start=1)
         ]
@@ -399,6 +397,7 @@ class Answerer:
                 start=verdict.span.start, end=verdict.span.end, text=documents[hit.doc_id].text[verdict.span.start : verdict.span.end],
                 chunk_start=hit.start, chunk_end=hit.end, title=hit.title, supported=verdict.supported,
                 score=round(verdict.score, 4), reason=reason, origin=origin,
+                **documents[hit.doc_id].page_fields(verdict.span.start, verdict.span.end),
             ))
             return len(citations)
 

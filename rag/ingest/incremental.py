@@ -61,7 +61,9 @@ class LineStats:
     members: dict[int, set[str]] = field(default_factory=dict)
     next_group: int = 0
 
-    def is_boilerplate(self, line: str, group_of: Callable[[str], int] | None = None, holders: Iterable[str] | None = None) -> bool:
+    def is_boilerplate(
+        self, line: str, group_of: Callable[[str], int] | None = None, holders: Iterable[str] | None = None
+    ) -> bool:
         """The verdict of `repeated_lines` on `line` (with other groups or holders: as it was)."""
         if len(line.split()) > self.max_words:
             return False
@@ -115,8 +117,7 @@ class LineStats:
         flipped = {
             line
             for line in candidates
-            if self.is_boilerplate(line, old_group_of, old_holders.get(line))
-            != self.is_boilerplate(line)
+            if self.is_boilerplate(line, old_group_of, old_holders.get(line)) != self.is_boilerplate(line)
         }
         added_ids = {doc.doc_id for doc in added}
         return {d for line in flipped for d in self.probe_docs.get(line, ())} - added_ids

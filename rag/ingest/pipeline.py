@@ -26,6 +26,7 @@ from rag.ingest.cleaning import clean_document, heading_title
 from rag.ingest.dedup import group_duplicates
 from rag.ingest.incremental import IngestState, load_state, new_state, save_state, state_key
 from rag.ingest.loading import load_paths
+from rag.ingest.pdf import search_text
 from rag.schema import Chunk, Document, short_title
 from rag.stores.base import (
     Changes,
@@ -33,7 +34,6 @@ from rag.stores.base import (
     Manifest,
     StoreWriter,
     compatibility_problems,
-    embedding_text,
     new_manifest_time,
     package_versions,
 )
@@ -63,6 +63,16 @@ class IndexReport:
     reused_vectors: int = 0
     written: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def embedding_text(chunk: Chunk, doc: Document, include_title: bool) -> str:
+    """What gets embedded and BM25-indexed for a chunk: its text, headed by the document
+    title when the chunk does not already contain it."""
+    title = doc.title
+    text = search_text(chunk.text) if doc.format == "pdf" else chunk.text
+    if include_title and title and title not in chunk.text:
+        return f"{title}\n{text}"
+    return text
 
 
 def corpus_fingerprint(documents: dict[str, Document]) -> str:
@@ -113,8 +123,10 @@ def update_index(
                 report.added.append(doc.doc_id)
             elif old.sha256 != doc.sha256 or old.root != doc.root:
                 report.updated.append(doc.doc_id)
-            docs[doc.doc_id] = doc if old is None or old.sha256 != doc.sha256 else old.model_copy(
-                update={"size": doc.size, "mtime_ns": doc.mtime_ns, "path": doc.path}
+            docs[doc.doc_id] = (
+                doc
+                if old is None or old.sha256 != doc.sha256
+                else old.model_copy(update={"size": doc.size, "mtime_ns": doc.mtime_ns, "path": doc.path})
             )
         for doc_id in remove or []:
             if doc_id not in docs:
@@ -137,7 +149,9 @@ def update_index(
             return report
 
         replace_all = bool(report.rebuilt_because) or store.manifest is None
-        changes, state = _changes(settings, docs, store, replace_all, rebuild, fingerprint, embedder_factory, progress, report)
+        changes, state = _changes(
+            settings, docs, store, replace_all, rebuild, fingerprint, embedder_factory, progress, report
+        )
         clock = time.perf_counter()
         store.apply(changes)
         save_state(index_dir, state)
@@ -183,7 +197,10 @@ def _changes(
                 state.heading_titles.add(doc_id)
             else:
                 state.heading_titles.discard(doc_id)
-        new_chunks[doc_id] = chunk_document(doc_id, doc.text, blocks, settings.chunking)
+        new_chunks[doc_id] = [
+            chunk.model_copy(update=doc.page_fields(chunk.start, chunk.end)) if doc.pages else chunk
+            for chunk in chunk_document(doc_id, doc.text, blocks, settings.chunking)
+        ]
     old_chunks = {d: store.chunks_of(d) for d in {*gone, *new_chunks} if d in stored}
     for doc_id in recleaned:
         if [(c.chunk_id, c.text) for c in new_chunks[doc_id]] == [(c.chunk_id, c.text) for c in old_chunks[doc_id]]:
@@ -211,7 +228,10 @@ def _changes(
 
     upserted = sorted({*new_chunks, *(d for d in stored if d in docs and docs[d] != stored[d])})
     rows_of = {
-        doc_id: [grouped.get(c.chunk_id, c) for c in (new_chunks[doc_id] if doc_id in new_chunks else store.chunks_of(doc_id))]
+        doc_id: [
+            grouped.get(c.chunk_id, c)
+            for c in (new_chunks[doc_id] if doc_id in new_chunks else store.chunks_of(doc_id))
+        ]
         for doc_id in upserted
     }
     annotated = [grouped[i] for i, c in kept_in_component.items() if c.doc_id not in rows_of and grouped[i] != c]
@@ -228,7 +248,9 @@ def _changes(
     # Canonical passages: those stored, less the ones regrouped, plus the regrouped outcome.
     was_canonical = sum(c.duplicate_of is None for c in [*removed_chunks, *kept_in_component.values()])
     report.canonical_chunks = (
-        (before.canonical_chunks if before else 0) - was_canonical + sum(c.duplicate_of is None for c in grouped.values())
+        (before.canonical_chunks if before else 0)
+        - was_canonical
+        + sum(c.duplicate_of is None for c in grouped.values())
     )
     # Chunks of documents this update leaves alone keep their stored vectors.
     report.reused_vectors += report.chunks - len(vectors)
@@ -253,7 +275,9 @@ def _changes(
     rows, offset = [], 0
     for doc_id in upserted:
         n = len(rows_of[doc_id])
-        rows.append(DocumentRows(docs[doc_id], rows_of[doc_id], texts[doc_id], vectors[offset : offset + n], keys[doc_id]))
+        rows.append(
+            DocumentRows(docs[doc_id], rows_of[doc_id], texts[doc_id], vectors[offset : offset + n], keys[doc_id])
+        )
         offset += n
     removed = sorted(set(stored) - set(docs))
     changes = Changes(upserted=rows, removed=removed, annotated=annotated, manifest=manifest, replace_all=replace_all)

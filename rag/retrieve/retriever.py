@@ -8,13 +8,11 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import cached_property
 
-from rag.config import RetrievalSettings, SearchMode, Settings
+from rag.config import SEARCH_MODES, RetrievalSettings, SearchMode, Settings
 from rag.embed.encoder import Embedder
 from rag.errors import BadInputError
 from rag.schema import ChunkLocation, SearchHit, SearchResponse
 from rag.stores.base import Candidate, Store
-
-MODES: tuple[SearchMode, ...] = ("hybrid", "dense", "bm25")
 
 
 def validate_query(query: str, settings: RetrievalSettings) -> str:
@@ -66,8 +64,8 @@ class Retriever:
         if k < 1:
             raise BadInputError("k must be at least 1")
         mode = mode or cfg.mode
-        if mode not in MODES:
-            raise BadInputError(f"unknown search mode '{mode}' (use {', '.join(MODES)})")
+        if mode not in SEARCH_MODES:
+            raise BadInputError(f"unknown search mode '{mode}' (use {', '.join(SEARCH_MODES)})")
         unknown = [d for d in doc_ids or [] if d not in self.store.documents]
         if unknown:
             raise BadInputError(f"unknown document: {unknown[0]} (see `rag docs`)")
@@ -85,6 +83,7 @@ class Retriever:
         chunk = candidate.chunk
         head = self.store.chunk(chunk.duplicate_of) if chunk.duplicate_of else chunk
         group = [ChunkLocation(chunk_id=head.chunk_id, doc_id=head.doc_id, start=head.start, end=head.end), *head.copies]
+        doc = self.store.documents[chunk.doc_id]
         return SearchHit(
             rank=rank,
             score=candidate.score,
@@ -93,8 +92,9 @@ class Retriever:
             start=chunk.start,
             end=chunk.end,
             text=chunk.text,
-            title=self.store.documents[chunk.doc_id].display_title,
+            title=doc.display_title,
             dense_score=candidate.dense_score,
             bm25_score=candidate.bm25_score,
             also_in=[loc for loc in group if loc.chunk_id != chunk.chunk_id],
+            **doc.page_fields(chunk.start, chunk.end),
         )

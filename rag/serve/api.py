@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from itertools import chain
 from typing import Annotated
 
@@ -20,11 +20,11 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from rag.answer.conversation import Turn
-from rag.answer.pipeline import EXTRACTIVE, AnswerEvent, AskOptions
-from rag.config import SearchMode
+from rag import __version__
+from rag.answer.pipeline import AnswerEvent
+from rag.config import EXTRACTIVE
 from rag.errors import (
     BadInputError,
     IndexMissingError,
@@ -33,7 +33,9 @@ from rag.errors import (
     ServerBusyError,
     UnknownDocumentError,
 )
+from rag.ingest.loading import SUPPORTED_LIST
 from rag.ingest.pipeline import IndexReport
+from rag.requests import AskRequest, CheckRequest, SearchRequest
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
 from rag.serve.access import (
     LOGIN_PATH,
@@ -48,35 +50,9 @@ from rag.serve.access import (
     protect,
 )
 from rag.service import RagService, upload_name
-from rag.verify.checker import CheckReport, CheckRequest
+from rag.verify.checker import CheckReport
 
 log = logging.getLogger(__name__)
-
-
-class SearchRequest(BaseModel):
-    query: str
-    k: int = Field(5, ge=1, le=1000)
-    mode: SearchMode = "hybrid"
-    doc_ids: list[str] | None = None
-
-
-class AskRequest(BaseModel):
-    question: str
-    k: int | None = Field(None, ge=1, le=50)
-    mode: SearchMode | None = None
-    model: str | None = Field(None, description="litellm model string or `extractive`; default: the embedded model")
-    doc_ids: list[str] | None = None
-    api_base: str | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, le=8192)
-    timeout_s: float | None = Field(None, gt=0)
-    history: list[Turn] = Field(default_factory=list, description="Earlier turns: a follow-up is rewritten into a standalone question")
-
-    def options(self) -> AskOptions:
-        return AskOptions(
-            k=self.k, mode=self.mode, doc_ids=self.doc_ids, model=self.model, api_base=self.api_base,
-            temperature=self.temperature, max_tokens=self.max_tokens, timeout_s=self.timeout_s,
-        )
 
 
 class Health(BaseModel):
@@ -145,11 +121,19 @@ class AnswerQueue:
 
 
 def create_api(service: RagService) -> FastAPI:
-    """The API inside its access checks (keys, origins, body size, headers: rag/access.py)."""
+    """The API inside its access checks (keys, origins, body size, headers: rag/access.py).
+    The app closes the service when it shuts down (stopping the embedded model's server)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(service.close)
+
     app = FastAPI(
         title="Cited answers",
         summary="Questions answered with citations you can check.",
-        version="0.1.0",
+        version=__version__,
+        lifespan=lifespan,
     )
     app.state.keys = keys = load_keys(service.settings.server)
     app.state.answer_queue = queue = AnswerQueue(service)  # shared with the web interface
@@ -189,9 +173,9 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
     api = APIRouter(dependencies=[Depends(reject_lone_surrogates)])
     server = service.settings.server
 
-    def ask_options(request: AskRequest) -> AskOptions:
+    def allowed(request: AskRequest) -> AskRequest:
         check_client_model(server, service.settings.answer.model, request.model, request.api_base)
-        return request.options()
+        return request
 
     @api.get("/health", response_model_exclude_none=True)
     def health(request: Request) -> Health:
@@ -205,21 +189,19 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
 
     @api.post("/search")
     def search(request: SearchRequest) -> SearchResponse:
-        return service.search(request.query, k=request.k, mode=request.mode, doc_ids=request.doc_ids)
+        return service.search(request)
 
     @api.post("/ask", responses={503: {"description": "Too many answers waiting for the model (Retry-After)"}})
     def ask(request: AskRequest) -> AnswerResponse:
-        options = ask_options(request)
-        with queue.place(options.model):
-            return service.ask(request.question, options, request.history)
+        with queue.place(allowed(request).model):
+            return service.ask(request)
 
     @api.post("/ask/stream", responses={200: {"content": {"text/event-stream": {}}}, 503: {"description": "As for /ask"}})
     async def ask_stream(request: AskRequest) -> EventSourceResponse:
         """Server-sent events: `passages` (the retrieved passages), `token` (answer text as the
         model writes it), then `answer` (the full verified answer, exactly as POST /ask returns
         it) or `error` ({"detail", "status"}) if the answer fails once streaming has begun."""
-        options = ask_options(request)
-        events = queue.held(options.model, service.ask_stream(request.question, options, request.history))
+        events = queue.held(allowed(request).model, service.ask_stream(request))
         # The first event comes after validation and retrieval, so bad input still gets a plain 4xx.
         first = await run_in_threadpool(next, events)
         return EventSourceResponse(_sse(chain([first], events)))
@@ -233,7 +215,7 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
         return DocumentList(documents=service.documents())
 
     @api.post("/documents", status_code=201)
-    def upload_document(file: Annotated[UploadFile, File(description="A .txt, .md or .html file")]) -> IndexChange:
+    def upload_document(file: Annotated[UploadFile, File(description=f"A {SUPPORTED_LIST} file")]) -> IndexChange:
         limit = service.settings.server.max_upload_bytes
         data = file.file.read(limit + 1)  # never more than the limit in memory
         name = upload_name(file.filename or "")
@@ -245,7 +227,7 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
 
     @api.delete("/documents/{doc_id:path}")
     def delete_document(doc_id: str) -> IndexChange:
-        return _change(doc_id, service.delete_document(doc_id))
+        return _change(doc_id, service.delete_documents([doc_id]))
 
     return api
 

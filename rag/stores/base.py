@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Protocol
 
@@ -112,7 +112,7 @@ def package_versions() -> dict[str, str]:
 
 
 def new_manifest_time() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def compatibility_problems(manifest: Manifest, settings: Settings, fingerprint: str) -> list[str]:
@@ -135,20 +135,11 @@ def compatibility_problems(manifest: Manifest, settings: Settings, fingerprint: 
     return problems
 
 
-def embedding_text(chunk: Chunk, doc: Document, include_title: bool) -> str:
-    """What gets embedded and BM25-indexed for a chunk: its text, headed by the document
-    title when the chunk does not already contain it."""
-    title = doc.title
-    if include_title and title and title not in chunk.text:
-        return f"{title}\n{chunk.text}"
-    return chunk.text
-
-
 @dataclass(frozen=True)
 class DocumentRows:
     """A document as it must be stored, with every one of its chunks (in start order).
 
-    `texts[i]` is what is indexed lexically for `chunks[i]` (`embedding_text`), `vectors[i]` its unit-length embedding and
+    `texts[i]` is what is indexed lexically for `chunks[i]` (`rag.ingest.pipeline.embedding_text`), `vectors[i]` its unit-length embedding and
     `embedding_keys[i]` the key of that vector (`rag.embed.encoder.embedding_key`)."""
 
     document: Document

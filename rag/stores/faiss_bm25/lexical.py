@@ -48,7 +48,9 @@ class LexicalSegment:
         return self.rows[start:end], self.tf[start:end]
 
 
-def _from_postings(vocab: dict[str, int], terms: np.ndarray, rows: np.ndarray, tf: np.ndarray, lengths: np.ndarray) -> LexicalSegment:
+def _from_postings(
+    vocab: dict[str, int], terms: np.ndarray, rows: np.ndarray, tf: np.ndarray, lengths: np.ndarray
+) -> LexicalSegment:
     """A segment from unordered (term, row, count) postings, one per distinct pair."""
     order = np.lexsort((rows, terms))
     indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
@@ -89,7 +91,9 @@ def merge_lexical_segments(parts: list[tuple[LexicalSegment, np.ndarray]]) -> Le
         offset += len(keep)
     if not parts:
         return build_lexical_index([])
-    return _from_postings(vocab, np.concatenate(terms), np.concatenate(rows), np.concatenate(tf), np.concatenate(lengths).astype(np.int32))
+    return _from_postings(
+        vocab, np.concatenate(terms), np.concatenate(rows), np.concatenate(tf), np.concatenate(lengths).astype(np.int32)
+    )
 
 
 def save_lexical_index(segment: LexicalSegment, path: Path) -> None:

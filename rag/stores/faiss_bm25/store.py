@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
@@ -44,7 +44,6 @@ from rag.stores.base import (
     ChunkCounts,
     Manifest,
     compatibility_problems,
-    embedding_text,
 )
 from rag.stores.faiss_bm25.dense import (
     build_dense_index,
@@ -294,7 +293,9 @@ def content_problems(data: IndexData) -> list[str]:
     for segment in data.segments:
         counts = row_counts(segment)
         if len(set(counts.values())) > 1:
-            problems.append(f"row counts differ in {segment.name}: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+            problems.append(
+                f"row counts differ in {segment.name}: " + ", ".join(f"{name} {n}" for name, n in counts.items())
+            )
         dimensions = {data.manifest.dimension, int(segment.dense.d), int(segment.vectors.shape[-1])}
         if len(dimensions) > 1:
             problems.append(
@@ -362,7 +363,7 @@ def write_generation(
     (a damaged generation, so that the sound one before it is the one kept beside the new); the
     caller holds `writer_lock`."""
     # Microseconds: two builds within one second must still sort newest first (generations()).
-    name = f"gen-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+    name = f"gen-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
     staging = index_dir / f".tmp-{name}"
     staging.mkdir(parents=True)
     try:
@@ -376,7 +377,10 @@ def write_generation(
         for segment in new:
             _write_segment(staging / segment.name, segment)
         _write_text(staging / ANNOTATIONS, "".join(c.model_dump_json() + "\n" for c in annotations))
-        written = [staging / ANNOTATIONS, *(p for segment in new for p in (staging / segment.name).rglob("*") if p.is_file())]
+        written = [
+            staging / ANNOTATIONS,
+            *(p for segment in new for p in (staging / segment.name).rglob("*") if p.is_file()),
+        ]
         records.update((path.relative_to(staging).as_posix(), file_record(path)) for path in written)
         manifest = manifest.model_copy(update={"files": dict(sorted(records.items()))})
         _write_text(staging / MANIFEST, manifest.model_dump_json(indent=2))
@@ -406,7 +410,7 @@ def _write_segment(folder: Path, segment: Segment) -> None:
 
 
 def new_segment_name() -> str:
-    return f"seg-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+    return f"seg-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -455,7 +459,9 @@ class FaissBm25Writer:
         self.data = self._open()
         self._row_of_key = {
             key: offset + row
-            for segment, live, offset in (zip(self.data.segments, self.data.live, self.data.offsets) if self.data else ())
+            for segment, live, offset in (
+                zip(self.data.segments, self.data.live, self.data.offsets) if self.data else ()
+            )
             for row, key in enumerate(segment.embedding_keys)
             if live[row]
         }
@@ -512,7 +518,9 @@ class FaissBm25Writer:
         deleted = {name: set(ids) for name, ids in previous.manifest.deleted.items()} if previous else {}
         for segment in segments:
             deleted.setdefault(segment.name, set()).update(gone & set(segment.documents))
-        annotations = {c: chunk for c, chunk in previous.annotations.items() if chunk.doc_id not in gone} if previous else {}
+        annotations = (
+            {c: chunk for c, chunk in previous.annotations.items() if chunk.doc_id not in gone} if previous else {}
+        )
         annotations.update((c.chunk_id, c) for c in changes.annotated)
         new: list[Segment] = []
         if changes.upserted:
@@ -527,7 +535,9 @@ class FaissBm25Writer:
             deleted={name: sorted(deleted[name]) for name in names if deleted.get(name)},
         )
         kept = [s.name for s in segments if s not in new]
-        write_generation(self.index_dir, manifest, kept, self._generation, new, list(annotations.values()), discard=self._damaged)
+        write_generation(
+            self.index_dir, manifest, kept, self._generation, new, list(annotations.values()), discard=self._damaged
+        )
         self._damaged = None
 
     def _segment_of(self, changes: Changes) -> Segment:
@@ -563,12 +573,21 @@ class FaissBm25Writer:
             return segments, []
         # Rows in segment order: each document's rows stay together and in start order.
         live = [
-            (s, np.array([i for i, c in enumerate(s.chunks) if c.doc_id not in deleted.get(s.name, ())], dtype=np.int64))
+            (
+                s,
+                np.array(
+                    [i for i, c in enumerate(s.chunks) if c.doc_id not in deleted.get(s.name, ())], dtype=np.int64
+                ),
+            )
             for s in chosen
         ]
         picked = [(s, i) for s, keep in live for i in keep.tolist()]
         dimension = chosen[0].vectors.shape[1]
-        vectors = np.concatenate([np.asarray(s.vectors)[keep] for s, keep in live]) if picked else np.zeros((0, dimension), np.float32)
+        vectors = (
+            np.concatenate([np.asarray(s.vectors)[keep] for s, keep in live])
+            if picked
+            else np.zeros((0, dimension), np.float32)
+        )
         merged = Segment(
             name=new_segment_name(),
             documents={d: doc for s in chosen for d, doc in s.documents.items() if d not in deleted.get(s.name, ())},
@@ -604,7 +623,8 @@ class FaissBm25Store:
         # Deleted rows are skipped by FAISS through a bitmap, by BM25 through the mask.
         self._selectors = [None if live.all() else live_selector(live) for live in data.live]
         self._lexical_parts = [
-            (s.lexical, None if live.all() else live, offset) for s, live, offset in zip(data.segments, data.live, data.offsets)
+            (s.lexical, None if live.all() else live, offset)
+            for s, live, offset in zip(data.segments, data.live, data.offsets)
         ]
 
     @property
@@ -645,7 +665,9 @@ class FaissBm25Store:
                 local = allowed[(allowed >= offset) & (allowed < offset + len(segment.chunks))] - offset
                 if len(local) == 0:
                     continue
-            scores, rows = search_dense(segment.dense, vector, depth, self.index_settings, local, selector, segment.vectors)
+            scores, rows = search_dense(
+                segment.dense, vector, depth, self.index_settings, local, selector, segment.vectors
+            )
             found.update(zip((rows + offset).tolist(), map(float, scores)))
         ordered = sorted(found, key=lambda r: (-found[r], self._order(r)))[:depth]
         return ordered, found
@@ -655,7 +677,8 @@ class FaissBm25Store:
     ) -> list[Candidate]:
         allowed = (
             np.array(sorted({r for d in doc_ids for r in self.data.doc_rows.get(d, [])}), dtype=np.int64)
-            if doc_ids else None
+            if doc_ids
+            else None
         )
         size = self.data.total_rows
         if not self._row_of or (allowed is not None and len(allowed) == 0):
