@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from itertools import chain
 from typing import Annotated
 
@@ -23,7 +23,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, Field
 
 from rag.access import (
-    LOGIN_PATH, LOGOUT_PATH, Keys, check_client_model, load_keys, login_page, login_response, logout_response,
+    LOGIN_PATH, LOGOUT_PATH, METRICS_PATH, Keys, check_client_model, load_keys, login_page, login_response, logout_response,
     lone_surrogate_field, protect,
 )
 from rag.answering import EXTRACTIVE, AnswerEvent, AskOptions
@@ -133,14 +133,31 @@ class AnswerQueue:
 
 def create_api(service: RagService) -> FastAPI:
     """The API inside its access checks (keys, origins, body size, headers: rag/access.py)."""
+    # Imported here: these modules build on this one's request models and queue.
+    from rag.serve.mcp_tools import create_mcp, http_routes
+    from rag.serve.metrics import MetricsMiddleware, ServerMetrics
+    from rag.serve.openai_compat import openai_router
+
+    queue = AnswerQueue(service)
+    metrics = ServerMetrics(service)
+    mcp = create_mcp(service, queue)
+    mcp_routes = http_routes(mcp)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with metrics.observing(), mcp.session_manager.run():
+            yield
+
     app = FastAPI(
         title="Cited answers",
         summary="Questions answered with citations you can check.",
         version="0.1.0",
+        lifespan=lifespan,
     )
     app.state.keys = keys = load_keys(service.settings.server)
-    app.state.answer_queue = queue = AnswerQueue(service)  # shared with the web interface
+    app.state.answer_queue = queue  # shared with the web interface
     protect(app, service.settings.server, keys)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, router=app.router)  # outermost: refusals count too
 
     @app.exception_handler(RagError)
     async def rag_error(_: Request, exc: RagError) -> JSONResponse:
@@ -153,6 +170,9 @@ def create_api(service: RagService) -> FastAPI:
         return JSONResponse({"detail": f"unexpected {type(exc).__name__}: {exc}"}, status_code=500)
 
     app.include_router(router(service, keys, queue))
+    app.include_router(openai_router(service, queue))
+    app.add_api_route(METRICS_PATH, metrics.response, methods=["GET"], include_in_schema=False)
+    app.router.routes.extend(mcp_routes)
     if keys.enabled:
         app.include_router(login_router(keys))
     return app
@@ -172,13 +192,15 @@ async def reject_lone_surrogates(request: Request) -> None:
         raise BadInputError(f"{field}: not valid Unicode text (it holds a lone surrogate such as \\ud800)")
 
 
+def client_options(service: RagService, request: AskRequest) -> AskOptions:
+    """The answer options of a client's request, once its model and `api_base` are ones the
+    server lets clients choose."""
+    check_client_model(service.settings.server, service.settings.answer.model, request.model, request.api_base)
+    return request.options()
+
+
 def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
     api = APIRouter(dependencies=[Depends(reject_lone_surrogates)])
-    server = service.settings.server
-
-    def ask_options(request: AskRequest) -> AskOptions:
-        check_client_model(server, service.settings.answer.model, request.model, request.api_base)
-        return request.options()
 
     @api.get("/health", response_model_exclude_none=True)
     def health(request: Request) -> Health:
@@ -196,7 +218,7 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
 
     @api.post("/ask", responses={503: {"description": "Too many answers waiting for the model (Retry-After)"}})
     def ask(request: AskRequest) -> AnswerResponse:
-        options = ask_options(request)
+        options = client_options(service, request)
         with queue.place(options.model):
             return service.ask(request.question, options, request.history)
 
@@ -205,7 +227,7 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
         """Server-sent events: `passages` (the retrieved passages), `token` (answer text as the
         model writes it), then `answer` (the full verified answer, exactly as POST /ask returns
         it) or `error` ({"detail", "status"}) if the answer fails once streaming has begun."""
-        options = ask_options(request)
+        options = client_options(service, request)
         events = queue.held(options.model, service.ask_stream(request.question, options, request.history))
         # The first event comes after validation and retrieval, so bad input still gets a plain 4xx.
         first = await run_in_threadpool(next, events)

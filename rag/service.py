@@ -8,7 +8,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 
@@ -33,6 +33,8 @@ class RagService:
         self._index: IndexData | None = None
         self._retriever: Retriever | None = None
         self._answerer: Answerer | None = None
+        # Called with every finished answer (the server's metrics listen here).
+        self.answer_observers: list[Callable[[AnswerResponse], None]] = []
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -87,6 +89,9 @@ class RagService:
                 event.response.question = question
                 event.response.timings_ms = {"rewrite": rewrite_ms, **event.response.timings_ms}
                 event.response.timings_ms["total"] += rewrite_ms
+            if event.response is not None:
+                for observe in self.answer_observers:
+                    observe(event.response)
             yield event
 
     def check(self, request: CheckRequest) -> CheckReport:
