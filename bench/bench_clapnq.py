@@ -1,10 +1,10 @@
 """End-to-end cited answers on ClapNQ dev (300 answerable + 300 unanswerable questions over a
-closed corpus of their 592 passages), through the real service and `rag.evaluation`.
+closed corpus of their 592 passages), through the real service and `rag.eval.evaluation`.
 
 1. Converts ClapNQ into our question-set format: bench/questions/clapnq_dev.jsonl (`answers` =
    the human long-form answers, `doc_ids` = the gold passage, `quotes` = the annotators'
    selected supporting sentences, verbatim in the passage).
-2. Indexes the passages with `rag.beir` into bench/.cache/clapnq/beir/clapnq (the same folder
+2. Indexes the passages with `rag.eval.beir` into bench/.cache/clapnq/beir/clapnq (the same folder
    `rag eval beir /work/shared/benchmarks/clapnq --split dev --index-dir bench/.cache/clapnq`
    uses), never ./index.
 3. Answers the questions with --model (default extractive) and writes
@@ -32,12 +32,24 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from run_all import BENCH_DIR, BENCHMARKS_DIR, CACHE_DIR, markdown_table, rich_table, write_section
+from run_all import (
+    BENCH_DIR,
+    BENCHMARKS_DIR,
+    CACHE_DIR,
+    markdown_table,
+    rich_table,
+    write_section,
+)
 
-from rag.answering import AskOptions
-from rag.beir import beir_settings, build_beir_index, load_beir
+from rag.answer.pipeline import AskOptions
 from rag.config import Settings
-from rag.evaluation import chart_rows, evaluate_questions, load_questions, write_chart
+from rag.eval.beir import beir_settings, build_beir_index, load_beir
+from rag.eval.evaluation import (
+    chart_rows,
+    evaluate_questions,
+    load_questions,
+    write_chart,
+)
 from rag.service import RagService
 
 CLAPNQ_DIR = BENCHMARKS_DIR / "clapnq"
@@ -170,7 +182,7 @@ def write_results_section() -> None:
             if (c := r["metrics"]["citations"])["precision"] is not None
         )
         parts.append(
-            "Cited answers (`rag.evaluation` through the real service, index above, hybrid retrieval, default "
+            "Cited answers (`rag.eval.evaluation` through the real service, index above, hybrid retrieval, default "
             "answer settings). Figures in %. Answer quality: ClapNQ's gold answers are long-form, so the headline is "
             "token recall of the best-matching gold answer; 'contains a whole gold answer' is near 0 by construction. "
             "Citation recall/precision follow ALCE's definitions (joint entailment by the concatenated cited passages; "

@@ -28,13 +28,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-from run_all import BENCH_DIR, BENCHMARKS_DIR, markdown_table, rich_table, save_figure, write_section
+from run_all import (
+    BENCH_DIR,
+    BENCHMARKS_DIR,
+    markdown_table,
+    rich_table,
+    save_figure,
+    write_section,
+)
 
 from rag.config import Settings
-from rag.embedding import Embedder
-from rag.lexical import build_lexical_index, lexical_scores
-from rag.sentences import sentence_spans
-from rag.verification import Verifier, makes_claim
+from rag.embed.encoder import Embedder
+from rag.stores.faiss_bm25.lexical import build_lexical_index, lexical_scores
+from rag.text.sentences import sentence_spans
+from rag.text.words import makes_claim
+from rag.verify.verifier import Verifier
 
 CLAPNQ_DIR = BENCHMARKS_DIR / "clapnq"
 OUT_DIR = BENCH_DIR / "results" / "clapnq-checker"

@@ -4,7 +4,7 @@ For each calibration question (answerable and unanswerable ClapNQ dev questions 
 answer benchmark's 30 + 30 sample does not use), the real answer path runs up to the choice:
 retrieval, evidence selection, and the embedded model's first-token probabilities over the
 numbered evidence (`Answerer.choice_prompt`). Every candidate sentence's signals
-(rag.decision.Signals) are recorded with a label: 1 when it holds a gold supporting sentence
+(rag.answer.decision.Signals) are recorded with a label: 1 when it holds a gold supporting sentence
 of an answerable question, else 0. Probes are cached in bench/results/decision/probes.json, so
 refitting costs no model time (--refit).
 
@@ -24,16 +24,23 @@ import time
 from datetime import datetime, timezone
 
 import numpy as np
-from bench_clapnq import CLAPNQ_DIR, INDEX_DIR, QUESTIONS, RESULTS_DIR, sample, write_questions
+from bench_clapnq import (
+    CLAPNQ_DIR,
+    INDEX_DIR,
+    QUESTIONS,
+    RESULTS_DIR,
+    sample,
+    write_questions,
+)
 from run_all import markdown_table, save_figure, write_section
 
-from rag.answering import AskOptions
-from rag.beir import beir_settings, build_beir_index, load_beir
-from rag.choice import choice_from_probabilities
+from rag.answer.choice import choice_from_probabilities
+from rag.answer.decision import DECISION_FILE, DecisionModel
+from rag.answer.pipeline import AskOptions
 from rag.config import Settings
-from rag.decision import DECISION_FILE, DecisionModel
-from rag.evaluation import EvalQuestion, load_questions
-from rag.generation import first_token_probabilities
+from rag.eval.beir import beir_settings, build_beir_index, load_beir
+from rag.eval.evaluation import EvalQuestion, load_questions
+from rag.llm.generation import first_token_probabilities
 from rag.service import RagService
 
 OUT_DIR = RESULTS_DIR / "decision"

@@ -16,8 +16,8 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from statistics import median
 
 import numpy as np
@@ -25,9 +25,15 @@ from bench_index import TextRecorder, bench_service, raw_encode, scifact_documen
 from bench_query import latencies
 from run_all import CACHE_DIR, SCIFACT_DIR, markdown_table, rich_table, write_section
 
-from rag.beir import BeirDataset, beir_settings, build_beir_index, evaluate_modes, load_beir
 from rag.config import EmbeddingBackend, Settings
-from rag.embedding import Embedder, resolve_model
+from rag.embed.encoder import Embedder, resolve_model
+from rag.eval.beir import (
+    BeirDataset,
+    beir_settings,
+    build_beir_index,
+    evaluate_modes,
+    load_beir,
+)
 from rag.schema import Document
 from rag.service import RagService
 
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from rich.console import Console
 
-    logging.getLogger("rag.cleaning").setLevel(logging.ERROR)
+    logging.getLogger("rag.ingest.cleaning").setLevel(logging.ERROR)
     console = Console(width=200)
     documents = scifact_documents(args.docs)
     settings = {backend: backend_settings(backend) for backend in BACKENDS}
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         + (f" (the {len(dataset.documents) - args.quality_others} judged for a test claim plus the first {args.quality_others} others, "
            "not the whole corpus: scores are higher than the SciFact section's and compare only with each other)"
            if args.quality_others else "")
-        + " through `rag.beir` as in the SciFact section (cleaning off, default retrieval settings), each backend with its own index; warm hybrid "
+        + " through `rag.eval.beir` as in the SciFact section (cleaning off, default retrieval settings), each backend with its own index; warm hybrid "
         f"`RagService.search` latency over {args.queries} claims per backend, the backends alternating in 4 blocks.\n\n"
         + markdown_table(quality_headers, quality_rows) + "\n\n" + "\n".join(verdicts),
     )

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from run_all import SCIFACT_DIR, SEEDS_DIR, markdown_table, rich_table, write_section
 
-from rag.beir import load_beir
 from rag.config import Settings
-from rag.embedding import Embedder
-from rag.indexing import IndexReport
+from rag.embed.encoder import Embedder
+from rag.eval.beir import load_beir
+from rag.ingest.pipeline import IndexReport
 from rag.schema import Document
 from rag.service import RagService
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
 
     # Default cleaning on one-paragraph abstracts warns per document; the warnings are not the point here.
-    logging.getLogger("rag.cleaning").setLevel(logging.ERROR)
+    logging.getLogger("rag.ingest.cleaning").setLevel(logging.ERROR)
 
     console = Console(width=200)
     settings = Settings()

@@ -21,17 +21,18 @@ from pathlib import Path
 import numpy as np
 from run_all import SCIFACT_DIR, markdown_table, write_section
 
-from rag.beir import beir_settings, load_beir
 from rag.config import Settings
-from rag.dedup import TOKEN
 from rag.doctor import BUNDLED_EMBEDDING_PACKAGE, package_problems
 from rag.errors import IndexDamagedError
-from rag.indexing import update_index
-from rag.local_llm import BUNDLED_GGUF, default_cache_dir, verify_bundled_gguf
-from rag.retrieval import Retriever
+from rag.eval.beir import beir_settings, load_beir
+from rag.ingest.dedup import TOKEN
+from rag.ingest.pipeline import update_index
+from rag.llm.local import BUNDLED_GGUF, default_cache_dir, verify_bundled_gguf
+from rag.retrieve.retriever import Retriever
 from rag.schema import Chunk
-from rag.store import (
+from rag.stores.faiss_bm25.store import (
     MANIFEST,
+    FaissBm25Store,
     content_problems,
     current_generation,
     file_problems,
@@ -92,7 +93,8 @@ def near_copy_rows(generation: Path) -> list[list[str]]:
     """On the seeds (BM25, no embedder needed): does each near-duplicate group show once when
     its passage is searched, and is every word that only one member holds found in it?"""
     data = read_generation(generation)
-    retriever = Retriever(data, None, Settings())  # type: ignore[arg-type]
+    settings = Settings()
+    retriever = Retriever(FaissBm25Store(data, settings.retrieval, settings.index), None, settings)  # type: ignore[arg-type]
     groups: dict[str, list[Chunk]] = {}
     for chunk in data.chunks:
         groups.setdefault(chunk.duplicate_of or chunk.chunk_id, []).append(chunk)
@@ -231,7 +233,7 @@ BM25 = embedding keys), dimensions, and `document_text[start:end] == text` for e
 
 ### Near-duplicates: collapsed in results, nothing unsearchable
 
-Every passage is indexed; near-duplicate groups (MinHash Jaccard >= 0.8, rag.dedup) collapse
+Every passage is indexed; near-duplicate groups (MinHash Jaccard >= 0.8, rag.ingest.dedup) collapse
 only in results. On the seeds (001 and 003 are one article scraped twice), BM25:
 
 {markdown_table(["measure", "value"], near_copies)}

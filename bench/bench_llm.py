@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rag.local_llm import (  # noqa: E402
+from rag.llm.local import (  # noqa: E402
     DEFAULT_LOCAL_MODEL,
     LocalLLMSettings,
     ensure_bundled_gguf,

@@ -11,13 +11,20 @@ import argparse
 import time
 
 import numpy as np
-from run_all import CACHE_DIR, SCIFACT_DIR, SEEDS_DIR, markdown_table, rich_table, write_section
+from run_all import (
+    CACHE_DIR,
+    SCIFACT_DIR,
+    SEEDS_DIR,
+    markdown_table,
+    rich_table,
+    write_section,
+)
 
-from rag.beir import beir_settings, build_beir_index, load_beir
 from rag.config import Settings
-from rag.retrieval import MODES
-from rag.sentences import sentence_spans
+from rag.eval.beir import beir_settings, build_beir_index, load_beir
+from rag.retrieve.retriever import MODES
 from rag.service import RagService
+from rag.text.sentences import sentence_spans
 
 WARMUP = 20
 
@@ -31,7 +38,7 @@ def seeds_service() -> tuple[RagService, list[str]]:
     service.update(paths=[SEEDS_DIR])
     queries = [
         doc.text[span.start : span.end]
-        for doc in service.index.documents.values()
+        for doc in service.store.documents.values()
         for span in sentence_spans(doc.text)
         if 5 <= len(doc.text[span.start : span.end].split()) <= 40
     ]
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, make in (("seeds", seeds_service), ("SciFact", scifact_service)):
         console.print(f"loading the {name} index ...")
         service, queries = make()
-        manifest = service.index.manifest
+        manifest = service.store.manifest
         for mode in MODES:
             ms = np.array(latencies(service, queries, mode, args.queries))
             rows.append([

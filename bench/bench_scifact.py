@@ -18,9 +18,15 @@ from pathlib import Path
 
 from run_all import CACHE_DIR, SCIFACT_DIR, markdown_table, rich_table, write_section
 
-from rag.beir import BeirDataset, beir_settings, build_beir_index, evaluate_modes, load_beir
 from rag.config import SearchMode, Settings
-from rag.retrieval import MODES
+from rag.eval.beir import (
+    BeirDataset,
+    beir_settings,
+    build_beir_index,
+    evaluate_modes,
+    load_beir,
+)
+from rag.retrieve.retriever import MODES
 from rag.service import RagService
 
 TARGETS = {"bm25": 0.67, "dense": 0.64, "hybrid": 0.71}
@@ -84,7 +90,7 @@ def run_variant(variant: Variant, dataset: BeirDataset, k: int, progress) -> dic
     build_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
     scores = evaluate_modes(service, dataset, variant.modes, k, progress)
-    manifest = service.index.manifest
+    manifest = service.store.manifest
     return {
         "variant": variant.name,
         "scores": scores,
@@ -102,7 +108,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(width=200)
     dataset = load_beir(SCIFACT_DIR)
@@ -154,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     write_section(
         "bench_scifact",
         "SciFact retrieval quality",
-        "BEIR SciFact test split (300 judged claims, 5,183 abstracts) through `rag.beir` and the real "
+        "BEIR SciFact test split (300 judged claims, 5,183 abstracts) through `rag.eval.beir` and the real "
         "`RagService`: cleaning off (BEIR text is clean), documents ranked by their best passage (MaxP). "
         "nDCG@10 and MRR@10 come from the ranking a user gets (candidate depth = `retrieval.candidates`); "
         f"Recall@{args.k} from a search deep enough for {args.k} documents (k x passages per document). "

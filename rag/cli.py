@@ -16,16 +16,23 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.exceptions import TyperException
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from rag.config import SearchMode, Settings, load_settings
 from rag.errors import BadInputError, RagError
-from rag.indexing import EmbedProgress, IndexReport
+from rag.ingest.pipeline import EmbedProgress, IndexReport
 
 app = typer.Typer(
     help="Questions answered with citations you can check.",
@@ -226,7 +233,7 @@ def ask(
     as_json: JsonOption = False,
 ) -> None:
     """Answer a question with citations, each checked against the passage it cites."""
-    from rag.answering import AskOptions
+    from rag.answer.pipeline import AskOptions
 
     if (question is None) == (file is None):
         raise BadInputError("give either a question or --file QUESTIONS")
@@ -263,7 +270,7 @@ def check(
     """Check each cited sentence of an answer against the passage it cites."""
     from pydantic import ValidationError
 
-    from rag.checking import CheckRequest
+    from rag.verify.checker import CheckRequest
 
     if (file is None) == (claim is None):
         raise BadInputError("give a JSON file (or - for stdin), or --claim TEXT")
@@ -398,7 +405,7 @@ def evaluate(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate answers on a question set, retrieval on a BEIR dataset, or compare two reports."""
-    from rag import evaluation
+    from rag.eval import evaluation
 
     if compare is not None:
         reports = {path.stem: _read_report(path) for path in compare}
@@ -421,7 +428,7 @@ def evaluate(
         return
     questions = evaluation.load_questions(Path(target))[:limit]
     service = _service(index_dir)
-    from rag.answering import AskOptions
+    from rag.answer.pipeline import AskOptions
 
     options = AskOptions(k=k, mode=_mode(mode) if mode else None, model=model)
     progress = _progress_bar("Answering")
@@ -462,8 +469,8 @@ def _print_metrics(reports: dict[str, dict]) -> None:
 
 
 def _evaluate_beir(dataset: Path, mode: str | None, index_dir: Path | None, as_json: bool, split: str = "test") -> None:
-    from rag.beir import evaluate_beir
-    from rag.retrieval import MODES
+    from rag.eval.beir import evaluate_beir
+    from rag.retrieve.retriever import MODES
 
     settings = _settings(index_dir)
     modes = [_mode(mode)] if mode else list(MODES)
@@ -495,7 +502,7 @@ def serve(
     index_dir: IndexDirOption = None,
 ) -> None:
     """Serve the web interface and the HTTP API on one port, indexing the corpus first."""
-    from rag.access import is_loopback, load_keys
+    from rag.serve.access import is_loopback, load_keys
 
     settings = _settings(index_dir)
     if corpus is not None:
@@ -518,7 +525,7 @@ def serve(
         _print_report(service.update(paths=[settings.corpus_dir], progress=update))
     import uvicorn
 
-    from ui.app import create_app
+    from rag.serve.app import create_app
 
     web_app = create_app(service)
     out.print(f"Serving on [bold]http://{host}:{port}/[/] (API docs at /docs). Press Ctrl+C to stop.")
@@ -532,7 +539,7 @@ def mcp(index_dir: IndexDirOption = None) -> None:
     from rag.serve.mcp_tools import create_mcp
 
     service = _service(index_dir)
-    service.index  # a missing or damaged index is a one-line error now, not at the first call
+    service.store  # a missing or damaged index is a one-line error now, not at the first call
     # stdout carries the protocol from here on: nothing else may be printed there.
     create_mcp(service).run("stdio")
 
@@ -561,7 +568,7 @@ class _OneLineWarnings(logging.Handler):
 def _check_arguments(arguments: list[str]) -> None:
     """Bytes that are not UTF-8 reach Python as lone surrogates: refuse them here, not as a
     failure deep inside an index or a JSON dump."""
-    from rag.access import is_unicode_text
+    from rag.text.words import is_unicode_text
 
     for number, argument in enumerate(arguments, start=1):
         if not is_unicode_text(argument):

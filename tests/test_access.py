@@ -15,12 +15,19 @@ import pytest
 from conftest import ADMIN_KEY, READ_KEY, ROOT, make_service, make_settings
 from fastapi.testclient import TestClient
 
-from rag import answering
-from rag.access import APP_POLICY, DOCS_POLICY, PAGE_POLICY, SESSION_COOKIE, is_loopback, load_keys
-from rag.api import create_api
+from rag.answer import pipeline as answering
 from rag.config import Settings
 from rag.errors import BadInputError
-from ui.app import create_app
+from rag.serve.access import (
+    APP_POLICY,
+    DOCS_POLICY,
+    PAGE_POLICY,
+    SESSION_COOKIE,
+    is_loopback,
+    load_keys,
+)
+from rag.serve.api import create_api
+from rag.serve.app import create_app
 
 pytestmark = pytest.mark.slow
 
@@ -335,7 +342,7 @@ def test_the_interface_answers_in_the_same_queue_and_changes_documents_only_for_
     """The interface's event functions as Gradio's API calls them, with each request's key."""
     import gradio as gr
 
-    from rag.api import AnswerQueue
+    from rag.serve.api import AnswerQueue
     from ui.app import build_interface
 
     service = service_with(seed_service, embedder, api_keys=[READ_KEY], admin_keys=[ADMIN_KEY], max_queued_answers=0)

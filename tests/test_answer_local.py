@@ -7,7 +7,7 @@ import shutil
 import pytest
 from conftest import SEEDS, make_service, make_settings
 
-from rag.answering import AskOptions
+from rag.answer.pipeline import AskOptions
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ INJECTION = (
 
 def check_citations(service, response) -> None:
     for citation in response.citations:
-        assert service.index.documents[citation.doc_id].text[citation.start : citation.end] == citation.text
+        assert service.store.data.documents[citation.doc_id].text[citation.start : citation.end] == citation.text
 
 
 def test_answers_with_a_verified_citation_and_streams(seed_service) -> None:

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from rag import answering
-from rag.answering import AskOptions, adds_to_question
+from rag.answer import pipeline as answering
+from rag.answer.pipeline import AskOptions, adds_to_question
+from rag.answer.prompts import answer_messages, choice_messages
 from rag.errors import BadInputError
-from rag.prompts import answer_messages, choice_messages
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ CELLS = "How many commune-level military party cells were established in Militar
 
 
 def check_offsets(service, response) -> None:
-    documents = service.index.documents
+    documents = service.store.data.documents
     for citation in response.citations:
         text = documents[citation.doc_id].text
         assert text[citation.start : citation.end] == citation.text

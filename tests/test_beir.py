@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import make_service
 
-from rag.beir import beir_settings, build_beir_index, evaluate_modes, load_beir
 from rag.config import Settings
 from rag.errors import BadInputError
+from rag.eval.beir import beir_settings, build_beir_index, evaluate_modes, load_beir
 
 DOCS = {
     "d1": ("Volcanoes", "Magma rises through the crust and erupts as lava from a volcano's vent."),

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import SEEDS
 
-from rag.checking import CheckRequest, GivenCitation
+from rag.verify.checker import CheckRequest, GivenCitation
 
 pytestmark = pytest.mark.slow
 

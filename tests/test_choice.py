@@ -3,8 +3,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rag.choice import choice_from_probabilities, choice_from_reply, parse_choice
-from rag.decision import DecisionModel, Signals, load_decision_model
+from rag.answer.choice import choice_from_probabilities, choice_from_reply, parse_choice
+from rag.answer.decision import DecisionModel, Signals, load_decision_model
 
 
 @given(st.text(), st.integers(min_value=0, max_value=9))

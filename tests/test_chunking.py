@@ -1,11 +1,11 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rag.chunking import chunk_document
-from rag.cleaning import clean_document, split_blocks
 from rag.config import ChunkingSettings, CleaningSettings
+from rag.ingest.chunking import chunk_document
+from rag.ingest.cleaning import clean_document, split_blocks
 from rag.schema import Block, Document
-from rag.sentences import sentence_spans
+from rag.text.sentences import sentence_spans
 
 WORDS = st.sampled_from(["alpha", "beta", "Gamma", "délta", "ε", "über", "x1", "U.S.", "e.g.", "3.5", "🙂", "日本", "end."])
 SEPARATORS = st.sampled_from([" ", " ", " ", ". ", "! ", "? ", "\n", "\n\n", "\r\n", "\t", "  "])

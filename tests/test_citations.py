@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rag.citations import MARKER, parse_answer, strip_markers
+from rag.verify.citations import MARKER, parse_answer, strip_markers
 
 WORD = st.sampled_from(["The", "committee", "set", "up", "529", "cells", "in", "Điện", "Biên", "2025", "e.g.", "U.S.", "🙂"])
 END = st.sampled_from([".", "!", "?", ""])

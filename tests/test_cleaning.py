@@ -1,8 +1,8 @@
 from conftest import BOILERPLATE, SEEDS
 
-from rag.cleaning import clean_corpus, repeated_lines, split_blocks
 from rag.config import CleaningSettings, IndexSettings
-from rag.loading import load_paths
+from rag.ingest.cleaning import clean_corpus, repeated_lines, split_blocks
+from rag.ingest.loading import load_paths
 from rag.schema import Document
 
 

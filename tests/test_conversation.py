@@ -2,8 +2,8 @@
 
 import pytest
 
+from rag.answer.conversation import Turn, needs_context, standalone_question
 from rag.config import Settings
-from rag.conversation import Turn, needs_context, standalone_question
 
 HISTORY = [Turn(question="How many commune-level military party cells were established?", answer="529 were established [1].")]
 

@@ -3,7 +3,7 @@ import shutil
 import pytest
 from conftest import SEEDS, make_service, make_settings
 
-from rag.dedup import group_duplicates
+from rag.ingest.dedup import group_duplicates
 from rag.schema import Chunk
 
 BASE = (
@@ -68,12 +68,12 @@ def test_seed_copies_collapse_into_one_result(seed_service, mode) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["hybrid", "bm25"])
 def test_a_word_only_one_near_copy_holds_is_found(variant_service, mode) -> None:
-    variant = next(c for c in variant_service.index.chunks if "zeppelins" in c.text)
+    variant = next(c for c in variant_service.store.data.chunks if "zeppelins" in c.text)
     assert variant.duplicate_of is not None  # it is a near-copy of 001's paragraph
     hit = variant_service.search("zeppelins", k=3, mode=mode).results[0]
     assert hit.doc_id == "005_variant.txt" and "800 zeppelins" in hit.text
     assert {a.doc_id for a in hit.also_in} == {"001_da832dcbec278d94.txt", "003_254c39c735b64e9a.txt"}
-    index = variant_service.index
+    index = variant_service.store.data
     assert index.documents[hit.doc_id].text[hit.start : hit.end] == hit.text
 
 

@@ -6,13 +6,13 @@ import json
 import math
 
 import pytest
-
 from conftest import ROOT
 
-from rag.answering import AskOptions
-from rag.beir import score_run
+from rag.answer.pipeline import AskOptions
 from rag.config import Settings
-from rag.evaluation import (
+from rag.errors import BadInputError
+from rag.eval.beir import score_run
+from rag.eval.evaluation import (
     EvalQuestion,
     alce_citation_scores,
     contains_answer,
@@ -23,8 +23,7 @@ from rag.evaluation import (
     token_recall,
     verifier_entails,
 )
-from rag.errors import BadInputError
-from rag.verification import Verifier
+from rag.verify.verifier import Verifier
 
 
 def test_retrieval_metrics_via_ranx_on_a_tiny_run() -> None:
@@ -175,7 +174,7 @@ def test_evaluate_questions_end_to_end_extractive(seed_service) -> None:
 def test_raw_citations_are_scored_before_the_verifier_repairs_them(seed_service, monkeypatch) -> None:
     """A model that cites the wrong passage: the delivered answer is repaired, the raw figures
     say what the model did."""
-    from rag import answering
+    from rag.answer import pipeline as answering
 
     question = "How many commune-level military party cells were established in Military Region 2?"
     passages = seed_service.answerer.draft(question, "openai/scripted", AskOptions()).passages

@@ -15,7 +15,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from rag.api import create_api
+from rag.serve.api import create_api
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ import time
 import pytest
 from conftest import ROOT, SEEDS, make_service, make_settings
 
-from rag import store
 from rag.errors import IncompatibleIndexError, IndexMissingError
-from rag.store import read_index
+from rag.stores.faiss_bm25 import store
+from rag.stores.faiss_bm25.store import read_index
 
 pytestmark = pytest.mark.slow
 
@@ -24,14 +24,14 @@ NEW_DOC = (
 
 
 def all_texts(service) -> list[str]:
-    return [c.text for c in service.index.chunks]
+    return [c.text for c in service.store.data.chunks]
 
 
 def test_incremental_update_embeds_only_what_changed_and_leaves_nothing_stale(tmp_path, corpus, embedder) -> None:
     service = make_service(make_settings(tmp_path / "index", corpus), embedder)
     first = service.update(paths=[corpus])
     # Every chunk is indexed; a text found in two documents is embedded once.
-    assert first.written and first.embedded == len(set(service.index.embedding_keys)) and len(first.added) == 5
+    assert first.written and first.embedded == len(set(service.store.data.embedding_keys)) and len(first.added) == 5
 
     again = service.update(paths=[corpus])
     assert not again.written and again.embedded == 0
@@ -47,7 +47,7 @@ def test_incremental_update_embeds_only_what_changed_and_leaves_nothing_stale(tm
     assert report.embedded == 2  # the edited paragraph and the new document
     assert report.reused_vectors == report.chunks - 2
 
-    index = service.index
+    index = service.store.data
     assert "000_c1a45aa062b469e9.txt" not in index.documents
     assert not any(c.doc_id == "000_c1a45aa062b469e9.txt" for c in index.chunks)
     assert not any("IUU" in t for t in all_texts(service))
@@ -62,12 +62,12 @@ def test_incremental_update_embeds_only_what_changed_and_leaves_nothing_stale(tm
 def test_remove_drops_a_document_and_promotes_its_copies(tmp_path, embedder) -> None:
     service = make_service(make_settings(tmp_path / "index"), embedder)
     service.update(paths=[SEEDS])
-    before = {c.chunk_id: c for c in service.index.chunks}
+    before = {c.chunk_id: c for c in service.store.data.chunks}
     assert any(c.duplicate_of and c.doc_id == "003_254c39c735b64e9a.txt" for c in before.values())
 
     report = service.update(remove=["001_da832dcbec278d94.txt"])
     assert report.removed == ["001_da832dcbec278d94.txt"]
-    index = service.index
+    index = service.store.data
     assert all(c.duplicate_of is None for c in index.chunks)  # 003's copies now stand alone
     hit = service.search("22,700 personnel and 800 vehicles", k=1).results[0]
     assert hit.doc_id == "003_254c39c735b64e9a.txt" and hit.also_in == []
@@ -125,7 +125,7 @@ def test_kill_mid_write_keeps_the_previous_index(tmp_path, corpus, embedder) -> 
     # A real `rag index` process, paused inside the write (files half done, not yet published).
     script = textwrap.dedent(f"""
         import sys, time, pathlib
-        import rag.store as store
+        import rag.stores.faiss_bm25.store as store
         original = store._fsync_tree
         def stall(root):
             pathlib.Path({str(marker)!r}).write_text(str(root))

@@ -17,7 +17,13 @@ import pytest
 from conftest import SEEDS, make_service, make_settings
 
 from rag.errors import IndexDamagedError
-from rag.store import MANIFEST, current_generation, file_records, generations, read_index
+from rag.stores.faiss_bm25.store import (
+    MANIFEST,
+    current_generation,
+    file_records,
+    generations,
+    read_index,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +152,7 @@ def test_search_on_a_damaged_index_is_one_clear_error(index_dir, embedder) -> No
 def test_the_api_answers_a_damaged_index_with_a_one_line_json_error(index_dir, embedder) -> None:
     from fastapi.testclient import TestClient
 
-    from rag.api import create_api
+    from rag.serve.api import create_api
 
     shift_offsets(current_generation(index_dir))
     client = TestClient(create_api(make_service(make_settings(index_dir), embedder)))

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from rag.config import IndexSettings
-from rag.loading import load_paths
+from rag.ingest.loading import load_paths
 
 LIMIT = IndexSettings().max_file_bytes
 

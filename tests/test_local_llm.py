@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from rag import local_llm
 from rag.errors import BadInputError, RagError
-from rag.local_llm import (
+from rag.llm import local as local_llm
+from rag.llm.local import (
     DEFAULT_LOCAL_MODEL,
     GGUFParts,
     LocalLLMSettings,

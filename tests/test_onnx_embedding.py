@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from conftest import SEEDS, make_service, make_settings
 
-from rag import onnx_embedding
 from rag.config import Settings
-from rag.embedding import Embedder, resolve_model
+from rag.embed import onnx_int8 as onnx_embedding
+from rag.embed.encoder import Embedder, resolve_model
+from rag.embed.onnx_int8 import MODEL_FILE, RECORD_FILE, ensure_export, export_dir
 from rag.errors import IncompatibleIndexError
-from rag.onnx_embedding import MODEL_FILE, RECORD_FILE, ensure_export, export_dir
-from rag.store import Manifest, read_index
+from rag.stores.faiss_bm25.store import Manifest, read_index
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@ import pytest
 from conftest import BOILERPLATE
 
 from rag.errors import BadInputError
-from rag.retrieval import rrf_fuse
+from rag.stores.faiss_bm25.store import rrf_fuse
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_each_mode_finds_the_right_document(seed_service, mode) -> None:
 
 @pytest.mark.parametrize("mode", ["hybrid", "dense", "bm25"])
 def test_results_have_valid_offsets_and_no_repeated_passage(seed_service, mode) -> None:
-    index = seed_service.index
+    index = seed_service.store.data
     hits = seed_service.search("Party Committee border defense training", k=100, mode=mode).results
     assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
     for hit in hits:
@@ -45,7 +45,7 @@ def test_results_have_valid_offsets_and_no_repeated_passage(seed_service, mode) 
 
 
 def test_no_boilerplate_is_ever_returned(seed_service) -> None:
-    index = seed_service.index
+    index = seed_service.store.data
     stored = "\n".join(c.text for c in index.chunks)
     for clutter in BOILERPLATE:
         assert clutter not in stored

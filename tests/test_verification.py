@@ -3,7 +3,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rag.config import VerificationSettings
-from rag.verification import Verifier, fold, names_in, names_not_in, numbers_in
+from rag.text.words import fold, names_in, names_not_in, numbers_in
+from rag.verify.verifier import Verifier
 
 PASSAGE = (
     "Regarding Party building, the Party Committee led and maintained strict regimes. "

@@ -1,6 +1,5 @@
-"""The web interface and the server around it: `create_app` returns one FastAPI app with the
-HTTP API, a whole-document page, and the Gradio interface mounted at `/`. The interface is a
-thin caller of RagService, the same object the API and the CLI use."""
+"""The Gradio web interface: a thin caller of RagService, the same object the API and the CLI
+use. `rag.serve.app` mounts it beside the HTTP API."""
 
 from __future__ import annotations
 
@@ -13,38 +12,28 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline service
 
 import gradio as gr
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
 
-from rag.access import LOGOUT_PATH, Keys, Role, check_client_model
-from rag.answering import EXTRACTIVE, AskOptions
-from rag.api import AnswerQueue, create_api
-from rag.conversation import Turn
+from rag.answer.conversation import Turn
+from rag.answer.pipeline import EXTRACTIVE, AskOptions
 from rag.errors import RagError
 from rag.schema import AnswerResponse
+from rag.serve.access import LOGOUT_PATH, Keys, Role, check_client_model
+from rag.serve.api import AnswerQueue
 from rag.service import RagService
-from ui.render import answer_markdown, document_page, markdown_text, reading_html, search_html, sources_html
+from ui.render import (
+    answer_markdown,
+    markdown_text,
+    reading_html,
+    search_html,
+    sources_html,
+)
 
 ASSETS = Path(__file__).parent / "assets"
 ADMIN_ONLY = "⚠️ Adding and removing documents needs an admin key; log in with one."
 MODES = [("Hybrid (meaning + keywords)", "hybrid"), ("Meaning only (dense)", "dense"), ("Keywords only (BM25)", "bm25")]
 
 
-def create_app(service: RagService) -> FastAPI:
-    app = create_api(service)
-
-    @app.get("/view/{doc_id:path}", response_class=HTMLResponse, include_in_schema=False)
-    def view_document(doc_id: str, start: int | None = None, end: int | None = None) -> str:
-        return document_page(service.document(doc_id), start, end)
-
-    return gr.mount_gradio_app(
-        app, build_interface(service, app.state.keys, app.state.answer_queue), path="/",
-        theme=_theme(), css_paths=[ASSETS / "style.css"], head=(ASSETS / "head.html").read_text(encoding="utf-8"),
-        max_file_size=service.settings.server.max_upload_bytes, footer_links=["api"],
-    )
-
-
-def _theme() -> gr.themes.Base:
+def theme() -> gr.themes.Base:
     # System fonts only: the service runs offline, so nothing may be fetched from a font CDN.
     return gr.themes.Soft(
         primary_hue="indigo", neutral_hue="slate",

@@ -7,8 +7,8 @@ from __future__ import annotations
 import html
 from urllib.parse import quote, urlencode
 
-from rag.citations import MARKER
 from rag.schema import AnswerResponse, AnswerSentence, Citation, Document, SearchHit
+from rag.verify.citations import MARKER
 
 VERDICT = {True: ("supported", "✓ Supported"), False: ("unsupported", "✗ Not supported"), None: ("unchecked", "Not checked")}
 STATUS_NOTE = {

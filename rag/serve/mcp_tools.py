@@ -23,11 +23,11 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ValidationError
 from starlette.routing import BaseRoute
 
-from rag.api import AnswerQueue, AskRequest, DocumentList, SearchRequest, client_options
-from rag.checking import CheckReport, CheckRequest
 from rag.errors import RagError
 from rag.schema import AnswerResponse, SearchResponse
+from rag.serve.api import AnswerQueue, AskRequest, DocumentList, SearchRequest, client_options
 from rag.service import RagService
+from rag.verify.checker import CheckReport, CheckRequest
 
 MCP_PATH = "/mcp"
 INSTRUCTIONS = (

@@ -10,7 +10,7 @@ two apps in one process (tests) never clash. What is measured, and where it come
   citations by verdict and origin, from RagService.answer_observers (API, interface, OpenAI
   endpoint and MCP tools alike);
 - LLM throughput from rag.generation.usage_observers;
-- index documents and passages, read from the loaded index at scrape time.
+- index documents and passages, read from the service's store at scrape time.
 
 With API keys set, /metrics needs an admin key (rag/access.py: needs_admin)."""
 
@@ -27,9 +27,8 @@ from starlette.responses import Response
 from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rag import generation
-from rag.access import METRICS_PATH
 from rag.errors import RagError
+from rag.llm import generation
 from rag.schema import AnswerResponse
 from rag.service import RagService
 
@@ -51,11 +50,11 @@ class IndexCollector(Collector):
         documents = GaugeMetricFamily("rag_index_documents", "Documents in the index")
         chunks = GaugeMetricFamily("rag_index_chunks", "Passages (chunks) in the index")
         try:
-            index = self.service.index
+            store = self.service.store
         except RagError:
             return [documents, chunks]
-        documents.add_metric([], len(index.documents))
-        chunks.add_metric([], index.manifest.chunks)
+        documents.add_metric([], len(store.documents))
+        chunks.add_metric([], store.chunk_total)
         return [documents, chunks]
 
     def describe(self) -> Iterable[Metric]:

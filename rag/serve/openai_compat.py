@@ -32,12 +32,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rag.answering import EXTRACTIVE, AnswerEvent
-from rag.api import BUSY_RETRY_AFTER_S, AnswerQueue, AskRequest, client_options, reject_lone_surrogates, status_code
+from rag.answer.conversation import Turn
+from rag.answer.pipeline import EXTRACTIVE, AnswerEvent
 from rag.config import SearchMode
-from rag.conversation import Turn
 from rag.errors import BadInputError, RagError, ServerBusyError
 from rag.schema import AnswerResponse, Citation
+from rag.serve.api import BUSY_RETRY_AFTER_S, AnswerQueue, AskRequest, client_options, reject_lone_surrogates, status_code
 from rag.service import RagService
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from rag.config import SearchMode, Settings
-from rag.embedding import Embedder
+from rag.embed.encoder import Embedder
 from rag.errors import BadInputError
-from rag.indexing import IndexReport
-from rag.retrieval import MODES, Retriever
+from rag.ingest.pipeline import IndexReport
+from rag.retrieve.retriever import MODES, Retriever
 from rag.schema import Document
 from rag.service import RagService
 
@@ -187,11 +187,11 @@ def evaluate_modes(
     multi-passage ones. One deep search would do for both, but deeper candidate lists change
     hybrid's top ranks."""
     modes = tuple(modes)
-    index = service.index
+    store = service.store
     embedder = QueryVectors(service.embedder, dataset.queries.values()) if set(modes) - {"bm25"} else service.embedder
-    retriever = Retriever(index, embedder, service.settings)  # type: ignore[arg-type]  # duck-typed embedder
+    retriever = Retriever(store, embedder, service.settings)  # type: ignore[arg-type]  # duck-typed embedder
     head_depth = max(10, service.settings.retrieval.candidates)
-    deep_depth = k * max(1, math.ceil(index.manifest.canonical_chunks / max(1, index.manifest.documents)))
+    deep_depth = k * max(1, math.ceil(store.distinct_chunks / max(1, len(store.documents))))
     results = {}
     for mode in modes:
         head = run_queries(retriever, dataset.queries, mode, head_depth, k, progress)

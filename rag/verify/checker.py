@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from rag.citations import parse_answer
 from rag.errors import BadInputError
-from rag.retrieval import Retriever
-from rag.verification import Verifier, makes_claim
+from rag.retrieve.retriever import Retriever
+from rag.text.words import makes_claim
+from rag.verify.citations import parse_answer
+from rag.verify.verifier import Verifier
 
 # How many passages to try for a claim that names no source.
 EVIDENCE_CANDIDATES = 5
@@ -79,7 +80,7 @@ class Checker:
 
     def _passage(self, citation: GivenCitation) -> tuple[str, int, int, str | None] | None:
         """(document text, start, end, doc_id) the citation points at, or None."""
-        document = self.retriever.index.documents.get(citation.doc_id) if citation.doc_id else None
+        document = self.retriever.store.documents.get(citation.doc_id) if citation.doc_id else None
         if document is not None:
             text = document.text
             if citation.start is not None and citation.end is not None and 0 <= citation.start < citation.end <= len(text):
@@ -110,7 +111,7 @@ class Checker:
         if not claim:
             raise BadInputError("the claim is empty")
         if request.doc_id is not None:
-            if request.doc_id not in self.retriever.index.documents:
+            if request.doc_id not in self.retriever.store.documents:
                 raise BadInputError(f"unknown document: {request.doc_id} (see `rag docs`)")
             given = GivenCitation(id=1, doc_id=request.doc_id, start=request.start, end=request.end, text=request.quote)
             verdicts = [self._verdict(claim, 1, given)]

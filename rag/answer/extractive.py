@@ -3,7 +3,7 @@ citing its passage. No model, instant, and the fallback when a model fails."""
 
 from __future__ import annotations
 
-from rag.evidence import EvidenceSentence
+from rag.answer.evidence import EvidenceSentence
 
 # A second sentence joins an extractive answer only if nearly as relevant as the best.
 SECOND_SENTENCE_RATIO = 0.85

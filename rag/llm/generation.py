@@ -54,7 +54,7 @@ def check_model(model: str, api_base: str | None) -> None:
     """Refuse a model string litellm cannot route, before any work is done for it."""
     import litellm
 
-    from rag.local_llm import is_local_model
+    from rag.llm.local import is_local_model
 
     if is_local_model(model):
         return
@@ -129,7 +129,7 @@ def _completion(
 ):
     import litellm
 
-    from rag.local_llm import is_local_model, register_local_provider
+    from rag.llm.local import is_local_model, register_local_provider
 
     litellm.suppress_debug_info = True
     if is_local_model(model):
@@ -150,7 +150,7 @@ def _llm_errors(model: str, timeout_s: float) -> Iterator[None]:
     input; everything else is this call's failure (GenerationError)."""
     import litellm
 
-    from rag.local_llm import as_rag_error
+    from rag.llm.local import as_rag_error
 
     try:
         yield

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from rag.sentences import sentence_spans
+from rag.text.sentences import sentence_spans
 
 MARKER = re.compile(r"\[\s*(\d+(?:\s*(?:[,;]|[-–])\s*\d+)*)\s*\]")
 MAX_RANGE = 20

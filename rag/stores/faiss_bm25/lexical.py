@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import logging
-from functools import cache
 from pathlib import Path
 
 import bm25s
 import numpy as np
-import Stemmer
 
+from rag.text.words import tokenize
 
 # bm25s logs routine steps ("Building index from tokens") at warning level.
 logging.getLogger("bm25s").setLevel(logging.ERROR)
-
-
-@cache
-def _stemmer() -> Stemmer.Stemmer:
-    return Stemmer.Stemmer("english")
-
-
-def tokenize(texts: list[str]) -> list[list[str]]:
-    tokenizer = bm25s.tokenization.Tokenizer(stopwords="en", stemmer=_stemmer())
-    return tokenizer.tokenize(texts, return_as="string", show_progress=False)
 
 
 def build_lexical_index(texts: list[str]) -> bm25s.BM25:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rag.prompts import CHOICE_LABELS, NONE_LABEL
+from rag.answer.prompts import CHOICE_LABELS, NONE_LABEL
 
 
 @dataclass(frozen=True)

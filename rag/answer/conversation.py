@@ -7,11 +7,11 @@ import re
 
 from pydantic import BaseModel
 
-from rag.answering import EXTRACTIVE
-from rag.citations import strip_markers
+from rag.answer.pipeline import EXTRACTIVE
+from rag.answer.prompts import rewrite_messages
 from rag.config import Settings
-from rag.generation import GenerationError, stream_completion
-from rag.prompts import rewrite_messages
+from rag.llm.generation import GenerationError, stream_completion
+from rag.verify.citations import strip_markers
 
 # Words that only make sense with what was said before. A question without any of them is
 # already standalone and is searched as it is (no LLM call, no added latency).

@@ -22,20 +22,34 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, Field
 
-from rag.access import (
-    LOGIN_PATH, LOGOUT_PATH, METRICS_PATH, Keys, check_client_model, load_keys, login_page, login_response, logout_response,
-    lone_surrogate_field, protect,
-)
-from rag.answering import EXTRACTIVE, AnswerEvent, AskOptions
-from rag.checking import CheckReport, CheckRequest
+from rag.answer.conversation import Turn
+from rag.answer.pipeline import EXTRACTIVE, AnswerEvent, AskOptions
 from rag.config import SearchMode
-from rag.conversation import Turn
 from rag.errors import (
-    BadInputError, IndexMissingError, PayloadTooLargeError, RagError, ServerBusyError, UnknownDocumentError,
+    BadInputError,
+    IndexMissingError,
+    PayloadTooLargeError,
+    RagError,
+    ServerBusyError,
+    UnknownDocumentError,
 )
-from rag.indexing import IndexReport
+from rag.ingest.pipeline import IndexReport
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
+from rag.serve.access import (
+    LOGIN_PATH,
+    LOGOUT_PATH,
+    METRICS_PATH,
+    Keys,
+    check_client_model,
+    load_keys,
+    login_page,
+    login_response,
+    logout_response,
+    lone_surrogate_field,
+    protect,
+)
 from rag.service import RagService, upload_name
+from rag.verify.checker import CheckReport, CheckRequest
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +220,9 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
     def health(request: Request) -> Health:
         if keys.enabled and keys.role(request.headers) is None:
             return Health(status="ok")
-        index = service.index
+        store = service.store
         return Health(
-            status="ok", documents=len(index.documents), passages=index.manifest.chunks,
+            status="ok", documents=len(store.documents), passages=store.chunk_total,
             embedding_model=service.settings.embedding.model, answer_model=service.settings.answer.model,
         )
 

@@ -23,19 +23,36 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rag.choice import Choice, choice_from_probabilities, choice_from_reply
-from rag.citations import MARKER, ParsedSentence, parse_answer, strip_markers
+from rag.answer.choice import Choice, choice_from_probabilities, choice_from_reply
+from rag.answer.decision import Signals, load_decision_model
+from rag.answer.evidence import (
+    EvidenceSentence,
+    SentenceVectors,
+    rank_evidence,
+    select_evidence,
+)
+from rag.answer.extractive import cited, extractive_answer
+from rag.answer.prompts import (
+    DECLINE_TOKENS,
+    NOT_FOUND,
+    answer_messages,
+    choice_messages,
+    is_decline,
+)
 from rag.config import SearchMode, Settings
-from rag.decision import Signals, load_decision_model
-from rag.embedding import Embedder
-from rag.evidence import EvidenceSentence, SentenceVectors, rank_evidence, select_evidence
-from rag.extractive import cited, extractive_answer
-from rag.generation import GenerationError, check_model, first_token_probabilities, stream_completion
-from rag.local_llm import is_local_model
-from rag.prompts import DECLINE_TOKENS, NOT_FOUND, answer_messages, choice_messages, is_decline
-from rag.retrieval import Retriever, validate_query
+from rag.embed.encoder import Embedder
+from rag.llm.generation import (
+    GenerationError,
+    check_model,
+    first_token_probabilities,
+    stream_completion,
+)
+from rag.llm.local import is_local_model
+from rag.retrieve.retriever import Retriever, validate_query
 from rag.schema import AnswerResponse, AnswerSentence, Citation, Evidence, SearchHit
-from rag.verification import Verdict, Verifier, content_tokens, makes_claim, names_not_in, numbers_in
+from rag.text.words import content_tokens, makes_claim, names_not_in, numbers_in
+from rag.verify.citations import MARKER, ParsedSentence, parse_answer, strip_markers
+from rag.verify.verifier import Verdict, Verifier
 
 EXTRACTIVE = "extractive"
 
@@ -324,7 +341,7 @@ class Answerer:
     def _unnamed(self, draft: Draft) -> str | None:
         if draft.response is None:
             return None
-        documents = self.retriever.index.documents
+        documents = self.retriever.store.documents
         sources = sorted({c.doc_id for c in draft.response.citations if c.supported})
         unnamed = names_not_in(draft.question, [documents[doc_id].text for doc_id in sources])
         if unnamed:
@@ -354,7 +371,7 @@ class Answerer:
     def _cited_response(self, draft: Draft) -> AnswerResponse:
         question, hits, raw = draft.question, draft.passages, draft.text or ""
         sentences = parse_answer(raw)
-        documents = self.retriever.index.documents
+        documents = self.retriever.store.documents
         question_tokens = content_tokens(question)
 
         def verify(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], Verdict]:

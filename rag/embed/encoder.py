@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rag.config import BUNDLED_EMBEDDING_MODEL, EmbeddingSettings
+from rag.embed.onnx_int8 import OnnxInt8Encoder, ensure_export
 from rag.errors import BadInputError
-from rag.local_llm import default_cache_dir
-from rag.onnx_embedding import OnnxInt8Encoder, ensure_export
+from rag.llm.local import default_cache_dir
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

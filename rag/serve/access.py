@@ -27,6 +27,7 @@ from starlette.websockets import WebSocketClose
 
 from rag.config import ServerSettings
 from rag.errors import BadInputError
+from rag.text.words import is_unicode_text
 
 
 class Role(IntEnum):
@@ -122,7 +123,7 @@ def check_client_model(server: ServerSettings, default_model: str, model: str | 
     """Refuse a model or `api_base` that a client of the server may not choose: another model may
     spend the server's API credits, and `api_base` makes the server connect wherever it says.
     The CLI runs as its user and is not asked."""
-    from rag.answering import EXTRACTIVE
+    from rag.answer.pipeline import EXTRACTIVE
 
     if api_base and not server.allow_client_api_base:
         raise BadInputError("api_base is not accepted from clients of this server (server.allow_client_api_base)")
@@ -352,16 +353,6 @@ def logout_response() -> Response:
 
 
 # --------------------------------------------------------------------------- text at the edge
-
-
-def is_unicode_text(text: str) -> bool:
-    """False for a string holding a lone surrogate: a JSON escape such as \\ud800, or bytes
-    that were not UTF-8 in a command-line argument. Such text cannot be stored or shown."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def lone_surrogate_field(value: object, path: str = "") -> str | None:

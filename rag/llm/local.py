@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from rag.config import LocalLLMSettings
 from rag.errors import BadInputError, RagError
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from rag.config import ChunkingSettings
 from rag.schema import Block, Chunk, Span
-from rag.sentences import sentence_spans
-
+from rag.text.sentences import sentence_spans
 
 WORD_RUN = re.compile(r"\S+")
 

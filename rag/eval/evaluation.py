@@ -28,13 +28,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from rag.answering import AskOptions
-from rag.beir import run_queries, score_run
+from rag.answer.pipeline import AskOptions
 from rag.errors import BadInputError
+from rag.eval.beir import run_queries, score_run
 from rag.schema import AnswerResponse
 from rag.service import RagService
-from rag.citations import parse_answer
-from rag.verification import Verifier, fold, makes_claim
+from rag.text.words import fold, makes_claim
+from rag.verify.citations import parse_answer
+from rag.verify.verifier import Verifier
 
 RETRIEVAL_DEPTH = 10
 Progress = Callable[[int, int], None]
@@ -205,7 +206,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 def evaluate_questions(
     service: RagService, questions: list[EvalQuestion], options: AskOptions, progress: Progress | None = None
 ) -> dict:
-    documents = service.index.documents
+    documents = service.store.documents
     entails = verifier_entails(service.answerer.verifier)
     rows = []
     for done, q in enumerate(questions, start=1):

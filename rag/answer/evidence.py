@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from rag.config import EvidenceSettings
-from rag.embedding import Embedder
+from rag.embed.encoder import Embedder
 from rag.schema import SearchHit, Span
-from rag.sentences import sentence_spans
-from rag.verification import content_tokens
+from rag.text.sentences import sentence_spans
+from rag.text.words import content_tokens
 
 
 @dataclass

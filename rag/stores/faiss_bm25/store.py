@@ -31,11 +31,24 @@ import numpy as np
 import xxhash
 from pydantic import BaseModel, Field
 
-from rag.config import ChunkingSettings, CleaningSettings, Settings
-from rag.dense import load_dense_index, save_dense_index
+from rag.config import (
+    ChunkingSettings,
+    CleaningSettings,
+    IndexSettings,
+    RetrievalSettings,
+    SearchMode,
+    Settings,
+)
 from rag.errors import IncompatibleIndexError, IndexDamagedError, IndexMissingError
-from rag.lexical import lexical_size, load_lexical_index, save_lexical_index
 from rag.schema import Chunk, Document
+from rag.stores.base import Candidate, ChunkCounts
+from rag.stores.faiss_bm25.dense import load_dense_index, save_dense_index, search_dense
+from rag.stores.faiss_bm25.lexical import (
+    lexical_scores,
+    lexical_size,
+    load_lexical_index,
+    save_lexical_index,
+)
 
 # 2: file checksums in the manifest; every chunk in FAISS and BM25 (near-duplicates collapse in results).
 FORMAT_VERSION = 2
@@ -136,6 +149,18 @@ def read_index(index_dir: Path) -> IndexData:
     if generation is None:
         raise IndexMissingError(f"no index in {index_dir}/ yet: run `rag index` first")
     return read_generation(generation)
+
+
+def open_store(settings: Settings, fingerprint: str) -> FaissBm25Store:
+    """The current generation of `settings.index.dir`, refused when the settings would build
+    it otherwise (`fingerprint`: the embedding model's)."""
+    data = read_index(settings.index.dir)
+    problems = compatibility_problems(data.manifest, settings, fingerprint)
+    if problems:
+        raise IncompatibleIndexError(
+            f"the index in {settings.index.dir}/ was built with other {', '.join(problems)}: run `rag index` to rebuild it"
+        )
+    return FaissBm25Store(data, settings.retrieval, settings.index)
 
 
 def read_generation(generation: Path) -> IndexData:
@@ -322,3 +347,100 @@ def _collect_garbage(index_dir: Path, keep: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
     for old in [p for p in generations(index_dir) if p.name != keep][GENERATIONS_KEPT - 1 :]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+class FaissBm25Store:
+    """The embedded `Store`: one loaded generation, searched with FAISS and bm25s, hybrid
+    results fused by reciprocal rank fusion."""
+
+    def __init__(self, data: IndexData, settings: RetrievalSettings, index_settings: IndexSettings):
+        self.data = data
+        self.settings = settings
+        self.index_settings = index_settings
+        self._row_of = {chunk.chunk_id: row for row, chunk in enumerate(data.chunks)}
+        self._doc_rows: dict[str, list[int]] = {}
+        for row, chunk in enumerate(data.chunks):
+            self._doc_rows.setdefault(chunk.doc_id, []).append(row)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.data.manifest
+
+    @property
+    def documents(self) -> dict[str, Document]:
+        return self.data.documents
+
+    @property
+    def chunk_total(self) -> int:
+        return len(self.data.chunks)
+
+    @property
+    def distinct_chunks(self) -> int:
+        return self.data.manifest.canonical_chunks
+
+    def chunk(self, chunk_id: str) -> Chunk:
+        return self.data.chunks[self._row_of[chunk_id]]
+
+    def chunk_counts(self) -> dict[str, ChunkCounts]:
+        return {
+            doc_id: ChunkCounts(len(rows), sum(self.data.chunks[r].duplicate_of is not None for r in rows))
+            for doc_id, rows in ((d, self._doc_rows.get(d, [])) for d in self.data.documents)
+        }
+
+    def search(
+        self, query: str, vector: np.ndarray | None, mode: SearchMode, depth: int, doc_ids: list[str] | None
+    ) -> list[Candidate]:
+        allowed = (
+            np.array(sorted({r for d in doc_ids for r in self._doc_rows.get(d, [])}), dtype=np.int64)
+            if doc_ids else None
+        )
+        size = len(self.data.chunks)
+        if size == 0 or (allowed is not None and len(allowed) == 0):
+            return []
+        bm25 = lexical_scores(self.data.lexical, query, size) if mode != "dense" else None
+        if bm25 is not None and allowed is not None:
+            mask = np.zeros(size, dtype=np.float32)
+            mask[allowed] = 1.0
+            bm25 = bm25 * mask
+        rankings: list[tuple[np.ndarray, float]] = []
+        if mode != "bm25":
+            dense_scores, dense_rows = search_dense(self.data.dense, vector, depth, self.index_settings, allowed)
+            rankings.append((dense_rows, self.settings.dense_weight))
+        if bm25 is not None:
+            rankings.append((top_rows(bm25, depth), self.settings.bm25_weight))
+        if mode == "hybrid":
+            fused = rrf_fuse(rankings, self.settings.rrf_k)
+            ordered = sorted(fused, key=lambda r: (-fused[r], r))
+            scores = fused
+        elif mode == "dense":
+            ordered = rankings[0][0].tolist()
+            scores = dict(zip(ordered, map(float, dense_scores)))
+        else:
+            ordered = rankings[0][0].tolist()
+            scores = {r: float(bm25[r]) for r in ordered}
+        return [
+            Candidate(
+                chunk=self.data.chunks[row],
+                score=float(scores[row]),
+                dense_score=float(self.data.vectors[row] @ vector) if vector is not None else None,
+                bm25_score=float(bm25[row]) if bm25 is not None else None,
+            )
+            for row in ordered
+        ]
+
+
+def rrf_fuse(rankings: list[tuple[np.ndarray, float]], rrf_k: int) -> dict[int, float]:
+    """Reciprocal rank fusion: each ranking (rows best first, weight) adds weight / (rrf_k + rank)."""
+    fused: dict[int, float] = {}
+    for rows, weight in rankings:
+        for rank, row in enumerate(rows.tolist(), start=1):
+            fused[row] = fused.get(row, 0.0) + weight / (rrf_k + rank)
+    return fused
+
+
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the k highest positive scores, best first."""
+    positive = np.flatnonzero(scores > 0)
+    if len(positive) > k:
+        positive = positive[np.argpartition(-scores[positive], k - 1)[:k]]
+    return positive[np.argsort(-scores[positive], kind="stable")]

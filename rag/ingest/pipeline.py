@@ -18,17 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.chunking import chunk_document
-from rag.cleaning import clean_corpus, heading_title
 from rag.config import Settings
-from rag.dedup import group_duplicates
-from rag.dense import build_dense_index
-from rag.embedding import Embedder, embedding_fingerprint, embedding_key
-from rag.errors import BadInputError, IncompatibleIndexError, IndexDamagedError, IndexMissingError
-from rag.lexical import build_lexical_index
-from rag.loading import load_paths
+from rag.embed.encoder import Embedder, embedding_fingerprint, embedding_key
+from rag.errors import (
+    BadInputError,
+    IncompatibleIndexError,
+    IndexDamagedError,
+    IndexMissingError,
+)
+from rag.ingest.chunking import chunk_document
+from rag.ingest.cleaning import clean_corpus, heading_title
+from rag.ingest.dedup import group_duplicates
+from rag.ingest.loading import load_paths
 from rag.schema import Chunk, Document, short_title
-from rag.store import (
+from rag.stores.faiss_bm25.dense import build_dense_index
+from rag.stores.faiss_bm25.lexical import build_lexical_index
+from rag.stores.faiss_bm25.store import (
     FORMAT_VERSION,
     IndexData,
     Manifest,
