@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from fastapi.routing import iter_route_contexts
 from starlette.responses import Response
 from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -126,12 +127,13 @@ class ServerMetrics:
 
 def route_template(router: Router, scope: Scope) -> str:
     """The path template of the route a request goes to (a mounted app: its prefix and
-    `{path}`), so that labels stay few whatever paths clients send."""
-    for route in router.routes:
-        match, _ = route.matches(scope)
+    `{path}`), so that labels stay few whatever paths clients send. FastAPI's route contexts
+    also reach into included routers."""
+    probe = dict(scope)  # matching may leave notes in the scope it is given
+    for route in iter_route_contexts(router.routes):
+        match, _ = route.matches(probe)
         if match is not Match.NONE:
-            path = getattr(route, "path", UNMATCHED)
-            return f"{path}/{{path}}" if isinstance(route, Mount) else path
+            return f"{route.path}/{{path}}" if isinstance(route.original_route, Mount) else route.path
     return UNMATCHED
 
 
