@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 from conftest import READ_KEY
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from rag.serve.api import AskRequest, SearchRequest
 from rag.verify.checker import CheckRequest
@@ -46,7 +46,7 @@ def over_stdio(index_dir, use: Use, cwd) -> Any:
 def over_http(url: str, use: Use, headers: dict[str, str] | None = None) -> Any:
     async def run() -> Any:
         async with (
-            create_mcp_http_client(headers=headers) as http,
+            httpx2.AsyncClient(headers=headers, timeout=300) as http,
             streamable_http_client(f"{url}/mcp", http_client=http) as (read, write),
             ClientSession(read, write) as session,
         ):

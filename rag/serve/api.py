@@ -146,7 +146,8 @@ class AnswerQueue:
 
 
 def create_api(service: RagService) -> FastAPI:
-    """The API inside its access checks (keys, origins, body size, headers: rag/access.py)."""
+    """The API, the OpenAI-compatible /v1, the MCP tools at /mcp and /metrics, inside the
+    access checks (keys, origins, body size, headers: rag/serve/access.py)."""
     # Imported here: these modules build on this one's request models and queue.
     from rag.serve.mcp_tools import create_mcp, http_routes
     from rag.serve.metrics import MetricsMiddleware, ServerMetrics
