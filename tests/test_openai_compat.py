@@ -5,7 +5,11 @@ follow-ups, the server's model policy and keys, and one answer from the embedded
 import httpx
 import openai
 import pytest
-from conftest import READ_KEY
+from conftest import READ_KEY, make_service, make_settings
+from fastapi.testclient import TestClient
+
+from rag.answer import pipeline
+from rag.serve.api import create_api
 
 pytestmark = pytest.mark.slow
 
@@ -111,6 +115,34 @@ def test_keys_are_checked_as_for_the_api(keyed_server) -> None:
     with openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key=READ_KEY, max_retries=0, timeout=300) as reader:
         assert "rag" in [m.id for m in reader.models.list()]
         assert "529" in ask(reader, QUESTION).choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    ("reply", "shown", "never_shown"),
+    [
+        ("The committee built three hospitals and a railway in 2019 [1].", "do not contain an answer", "railway"),
+        ("Military Region 2 established 529 commune-level military party cells [3].", "529", "[3]"),
+    ],
+)
+def test_a_stream_shows_only_the_checked_answer(seed_service, embedder, monkeypatch, reply, shown, never_shown) -> None:
+    """A model writing free text: an unsupported answer is withheld and never streamed, and a
+    supported one arrives as checked and renumbered, not as the model's tokens."""
+
+    def scripted(messages, **kwargs):
+        for i in range(0, len(reply), 5):
+            yield reply[i : i + 5]
+
+    monkeypatch.setattr(pipeline, "stream_completion", scripted)
+    settings = make_settings(seed_service.settings.index.dir)
+    settings.server.allow_client_models = ["openai/scripted"]
+    with TestClient(create_api(make_service(settings, embedder))) as http:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+        chunks = list(ask(client, QUESTION, model="openai/scripted", stream=True))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert shown in content and never_shown not in content
+    answer = chunks[-1].answer
+    assert content == answer["answer"] and all(c["supported"] for c in chunks[-1].citations)
+    assert answer["abstained"] or (answer["raw_answer"] == reply != content and "[1]" in content)
 
 
 def test_the_embedded_model_answers_through_the_endpoint(client) -> None:
