@@ -17,8 +17,7 @@ from conftest import READ_KEY
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from rag.serve.api import AskRequest, SearchRequest
-from rag.verify.checker import CheckRequest
+from rag.requests import AskRequest, CheckRequest, SearchRequest
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +30,9 @@ Use = Callable[[ClientSession], Awaitable[Any]]
 
 def over_stdio(index_dir, use: Use, cwd) -> Any:
     server = StdioServerParameters(
-        command=sys.executable, args=["-m", "rag.cli", "mcp", "--index-dir", str(index_dir)], cwd=str(cwd),
+        command=sys.executable,
+        args=["-m", "rag.cli", "mcp", "--index-dir", str(index_dir)],
+        cwd=str(cwd),
         env={"HF_HUB_OFFLINE": "1"},
     )
 
@@ -69,7 +70,9 @@ async def tour(session: ClientSession) -> dict[str, Any]:
         "unknown_doc": ("check", {"claim": "529 cells.", "doc_id": "nope.txt"}),
         "other_model": ("ask", {"question": QUESTION, "model": "nosuchprovider/model"}),
     }
-    return {"tools": tools} | {key: await session.call_tool(name, arguments) for key, (name, arguments) in calls.items()}
+    return {"tools": tools} | {
+        key: await session.call_tool(name, arguments) for key, (name, arguments) in calls.items()
+    }
 
 
 def error_text(result) -> str:
@@ -117,8 +120,13 @@ def test_stdio_errors_are_tool_errors_with_the_api_message(stdio_tour) -> None:
 
 def test_rag_mcp_without_an_index_is_a_one_line_error(tmp_path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "rag.cli", "mcp", "--index-dir", str(tmp_path / "none")], cwd=tmp_path,
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "rag.cli", "mcp", "--index-dir", str(tmp_path / "none")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 2 and done.stdout == ""  # as `rag search` without an index
     assert done.stderr.strip().startswith("error: no index in") and len(done.stderr.strip().splitlines()) == 1

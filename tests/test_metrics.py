@@ -34,9 +34,7 @@ def value(scrape: dict, name: str, **labels: str) -> float:
 
 
 def app_over(seed_service, embedder, **server: object):
-    settings = make_settings(seed_service.settings.index.dir)
-    settings.server = settings.server.model_copy(update=server)
-    return create_api(make_service(settings, embedder))
+    return create_api(make_service(make_settings(seed_service.settings.index.dir, server=server), embedder))
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +97,16 @@ def test_the_index_is_counted(client) -> None:
 def test_two_apps_in_one_process_keep_their_own_counts(client, seed_service, embedder) -> None:
     with TestClient(app_over(seed_service, embedder)) as other:
         assert other.get(f"/documents/{DOC}").status_code == 200
-        ours_before = value(scrape(client), "rag_http_requests_total", route="/documents/{doc_id:path}", method="GET", status="200")
+        ours_before = value(
+            scrape(client), "rag_http_requests_total", route="/documents/{doc_id:path}", method="GET", status="200"
+        )
         other.get(f"/documents/{DOC}")
-        theirs = value(scrape(other), "rag_http_requests_total", route="/documents/{doc_id:path}", method="GET", status="200")
-        ours = value(scrape(client), "rag_http_requests_total", route="/documents/{doc_id:path}", method="GET", status="200")
+        theirs = value(
+            scrape(other), "rag_http_requests_total", route="/documents/{doc_id:path}", method="GET", status="200"
+        )
+        ours = value(
+            scrape(client), "rag_http_requests_total", route="/documents/{doc_id:path}", method="GET", status="200"
+        )
     assert theirs == 2 and ours == ours_before
 
 
@@ -128,9 +132,18 @@ def test_a_prometheus_scrape_of_rag_serve(live_server) -> None:
     assert response.status_code == 200 and "version=" in response.headers["content-type"]
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
     assert {
-        "rag_http_requests", "rag_http_request_duration_seconds", "rag_answer_duration_seconds", "rag_answer_stage_seconds",
-        "rag_answers", "rag_abstentions", "rag_citations", "rag_llm_tokens", "rag_llm_seconds", "rag_llm_tokens_per_second",
-        "rag_index_documents", "rag_index_chunks",
+        "rag_http_requests",
+        "rag_http_request_duration_seconds",
+        "rag_answer_duration_seconds",
+        "rag_answer_stage_seconds",
+        "rag_answers",
+        "rag_abstentions",
+        "rag_citations",
+        "rag_llm_tokens",
+        "rag_llm_seconds",
+        "rag_llm_tokens_per_second",
+        "rag_index_documents",
+        "rag_index_chunks",
     } <= set(families)
     scraped = samples(response.text)
     assert answer["model"] == "local/qwen2.5-1.5b-instruct"

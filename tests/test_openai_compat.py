@@ -18,7 +18,9 @@ QUESTION = "How many commune-level military party cells were established?"
 
 @pytest.fixture(scope="module")
 def client(live_server):
-    with openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="not-checked-without-keys", max_retries=0, timeout=300) as client:
+    with openai.OpenAI(
+        base_url=f"{live_server.url}/v1", api_key="not-checked-without-keys", max_retries=0, timeout=300
+    ) as client:
         yield client
 
 
@@ -43,7 +45,9 @@ def test_the_reply_is_the_cited_answer_and_its_citations_are_verified_spans(clie
     assert completion.citations and completion.citations == completion.answer["citations"]
     for citation in completion.citations:
         assert citation["supported"] and f"[{citation['id']}]" in content
-        assert document_text(live_server.url, citation["doc_id"])[citation["start"] : citation["end"]] == citation["text"]
+        assert (
+            document_text(live_server.url, citation["doc_id"])[citation["start"] : citation["end"]] == citation["text"]
+        )
 
 
 def test_a_stream_brings_the_role_then_the_same_answer_and_the_citations_last(client) -> None:
@@ -83,10 +87,30 @@ def test_a_question_the_documents_do_not_answer_is_withheld_with_its_reason(clie
 @pytest.mark.parametrize(
     ("messages", "model", "error", "message"),
     [
-        ([{"role": "user", "content": QUESTION}], "openai/gpt-4o-mini", openai.BadRequestError, "not offered by this server"),
-        ([{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "529"}], "rag", openai.BadRequestError, "last message must be the user's"),
-        ([{"role": "system", "content": "Be brief."}], "rag", openai.BadRequestError, "last message must be the user's"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}], "rag", openai.BadRequestError, "only text"),
+        (
+            [{"role": "user", "content": QUESTION}],
+            "openai/gpt-4o-mini",
+            openai.BadRequestError,
+            "not offered by this server",
+        ),
+        (
+            [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "529"}],
+            "rag",
+            openai.BadRequestError,
+            "last message must be the user's",
+        ),
+        (
+            [{"role": "system", "content": "Be brief."}],
+            "rag",
+            openai.BadRequestError,
+            "last message must be the user's",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}],
+            "rag",
+            openai.BadRequestError,
+            "only text",
+        ),
         ([{"role": "user", "content": "   "}], "extractive", openai.BadRequestError, "empty"),
     ],
 )
@@ -133,8 +157,7 @@ def test_a_stream_shows_only_the_checked_answer(seed_service, embedder, monkeypa
             yield reply[i : i + 5]
 
     monkeypatch.setattr(pipeline, "stream_completion", scripted)
-    settings = make_settings(seed_service.settings.index.dir)
-    settings.server.allow_client_models = ["openai/scripted"]
+    settings = make_settings(seed_service.settings.index.dir, server={"allow_client_models": ["openai/scripted"]})
     with TestClient(create_api(make_service(settings, embedder))) as http:
         client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
         chunks = list(ask(client, QUESTION, model="openai/scripted", stream=True))
@@ -147,7 +170,9 @@ def test_a_stream_shows_only_the_checked_answer(seed_service, embedder, monkeypa
 
 def test_the_embedded_model_answers_through_the_endpoint(client) -> None:
     """`rag`: the server's own answer model, the bundled GGUF, choosing among the evidence."""
-    completion = ask(client, "How many commune-level military party cells did Military Region 2 establish?", model="rag")
+    completion = ask(
+        client, "How many commune-level military party cells did Military Region 2 establish?", model="rag"
+    )
     assert completion.model == "rag" and completion.answer["model"] == "local/qwen2.5-1.5b-instruct"
     assert not completion.answer["abstained"], completion.answer["notice"]
     assert "529" in completion.choices[0].message.content

@@ -24,10 +24,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.routing import BaseRoute
 
 from rag.errors import RagError
+from rag.requests import AskRequest, CheckRequest, SearchRequest
 from rag.schema import AnswerResponse, SearchResponse
-from rag.serve.api import AnswerQueue, AskRequest, DocumentList, SearchRequest, client_options
+from rag.serve.api import AnswerQueue, DocumentList, allowed
 from rag.service import RagService
-from rag.verify.checker import CheckReport, CheckRequest
+from rag.verify.checker import CheckReport
 
 MCP_PATH = "/mcp"
 INSTRUCTIONS = (
@@ -41,7 +42,9 @@ READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, openWorldH
 Request = TypeVar("Request", bound=BaseModel)
 
 
-def model_tool(model: type[Request], call: Callable[[Request], BaseModel], returns: type[BaseModel]) -> Callable[..., BaseModel]:
+def model_tool(
+    model: type[Request], call: Callable[[Request], BaseModel], returns: type[BaseModel]
+) -> Callable[..., BaseModel]:
     """A tool function whose parameters are the fields of `model` (types, defaults, limits and
     descriptions), so the SDK derives the tool's input schema from the API's request model; the
     arguments are validated by the model itself before `call`."""
@@ -77,26 +80,26 @@ def create_mcp(service: RagService, queue: AnswerQueue | None = None) -> MCPServ
     model policy and answers wait in its queue; without, the caller is trusted (stdio)."""
     server = MCPServer(name="cited-rag", instructions=INSTRUCTIONS, log_level="WARNING")
 
-    def search(request: SearchRequest) -> SearchResponse:
-        return service.search(request.query, k=request.k, mode=request.mode, doc_ids=request.doc_ids)
-
     def ask(request: AskRequest) -> AnswerResponse:
         if queue is None:
-            return service.ask(request.question, request.options(), request.history)
-        options = client_options(service, request)
-        with queue.place(options.model):
-            return service.ask(request.question, options, request.history)
+            return service.ask(request)
+        with queue.place(allowed(service, request).model):
+            return service.ask(request)
 
     def list_documents() -> DocumentList:
         """Every indexed document: id, title, source, size, passages and near-copies."""
         return _run(lambda: DocumentList(documents=service.documents()))
 
     server.add_tool(
-        model_tool(SearchRequest, search, SearchResponse), name="search", annotations=READ_ONLY,
+        model_tool(SearchRequest, service.search, SearchResponse),
+        name="search",
+        annotations=READ_ONLY,
         description="Ranked passages for a query (hybrid, dense or BM25), each with its document id and exact offsets.",
     )
     server.add_tool(
-        model_tool(AskRequest, ask, AnswerResponse), name="ask", annotations=READ_ONLY,
+        model_tool(AskRequest, ask, AnswerResponse),
+        name="ask",
+        annotations=READ_ONLY,
         description=(
             "A cited answer from the documents: `answer` with [n] markers, `citations` (each verified against "
             "its span), or `abstained` with a `notice` saying why the documents do not answer it. Earlier turns "
@@ -104,7 +107,9 @@ def create_mcp(service: RagService, queue: AnswerQueue | None = None) -> MCPServ
         ),
     )
     server.add_tool(
-        model_tool(CheckRequest, service.check, CheckReport), name="check", annotations=READ_ONLY,
+        model_tool(CheckRequest, service.check, CheckReport),
+        name="check",
+        annotations=READ_ONLY,
         description=(
             "Verify the citations of an answer ({answer, citations: [{id, doc_id, start, end, text}]}) or find the "
             "evidence for a single `claim`: a verdict per sentence and citation, with the best supporting span."
@@ -120,7 +125,9 @@ def http_routes(server: MCPServer) -> list[BaseRoute]:
     session and send no notifications. The SDK's own Host and Origin checks are off: the app's
     middleware judges origins, and its Host check would refuse a server behind a proxy."""
     app = server.streamable_http_app(
-        streamable_http_path=MCP_PATH, stateless_http=True, json_response=True,
+        streamable_http_path=MCP_PATH,
+        stateless_http=True,
+        json_response=True,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
     return list(app.routes)

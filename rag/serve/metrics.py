@@ -20,10 +20,10 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
+from fastapi.routing import iter_route_contexts
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from fastapi.routing import iter_route_contexts
 from starlette.responses import Response
 from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -70,26 +70,52 @@ class ServerMetrics:
         self.service = service
         self.registry = registry = CollectorRegistry()
         self.requests = Counter(
-            "rag_http_requests", "HTTP requests by route template, method and status", ["route", "method", "status"], registry=registry,
+            "rag_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=registry,
         )
         self.latency = Histogram(
-            "rag_http_request_duration_seconds", "HTTP request latency (until the last byte) by route template and method",
-            ["route", "method"], buckets=BUCKETS, registry=registry,
+            "rag_http_request_duration_seconds",
+            "HTTP request latency (until the last byte) by route template and method",
+            ["route", "method"],
+            buckets=BUCKETS,
+            registry=registry,
         )
-        self.answer_latency = Histogram("rag_answer_duration_seconds", "Answer latency, all stages", buckets=BUCKETS, registry=registry)
+        self.answer_latency = Histogram(
+            "rag_answer_duration_seconds", "Answer latency, all stages", buckets=BUCKETS, registry=registry
+        )
         self.stage_latency = Histogram(
-            "rag_answer_stage_seconds", "Answer latency by stage (rewrite, retrieve, generate, verify)", ["stage"],
-            buckets=BUCKETS, registry=registry,
+            "rag_answer_stage_seconds",
+            "Answer latency by stage (rewrite, retrieve, generate, verify)",
+            ["stage"],
+            buckets=BUCKETS,
+            registry=registry,
         )
-        self.answers = Counter("rag_answers", "Answers by outcome (answered, abstained)", ["outcome"], registry=registry)
-        self.abstentions = Counter("rag_abstentions", "Withheld answers by reason (AnswerResponse.abstention)", ["reason"], registry=registry)
+        self.answers = Counter(
+            "rag_answers", "Answers by outcome (answered, abstained)", ["outcome"], registry=registry
+        )
+        self.abstentions = Counter(
+            "rag_abstentions", "Withheld answers by reason (AnswerResponse.abstention)", ["reason"], registry=registry
+        )
         self.citations = Counter(
-            "rag_citations", "Delivered citations by verdict (supported, not_supported) and origin (model, corrected, added)",
-            ["verdict", "origin"], registry=registry,
+            "rag_citations",
+            "Delivered citations by verdict (supported, not_supported) and origin (model, corrected, added)",
+            ["verdict", "origin"],
+            registry=registry,
         )
-        self.llm_tokens = Counter("rag_llm_tokens", "LLM tokens by phase (prompt, generate)", ["phase"], registry=registry)
-        self.llm_seconds = Counter("rag_llm_seconds", "LLM time spent on those tokens, by phase", ["phase"], registry=registry)
-        self.llm_rate = Gauge("rag_llm_tokens_per_second", "LLM tokens per second of the latest call, by phase", ["phase"], registry=registry)
+        self.llm_tokens = Counter(
+            "rag_llm_tokens", "LLM tokens by phase (prompt, generate)", ["phase"], registry=registry
+        )
+        self.llm_seconds = Counter(
+            "rag_llm_seconds", "LLM time spent on those tokens, by phase", ["phase"], registry=registry
+        )
+        self.llm_rate = Gauge(
+            "rag_llm_tokens_per_second",
+            "LLM tokens per second of the latest call, by phase",
+            ["phase"],
+            registry=registry,
+        )
         registry.register(IndexCollector(service))
 
     def observe_answer(self, response: AnswerResponse) -> None:

@@ -32,12 +32,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rag.answer.conversation import Turn
-from rag.answer.pipeline import EXTRACTIVE, AnswerEvent
-from rag.config import SearchMode
+from rag.answer.pipeline import AnswerEvent
+from rag.config import EXTRACTIVE, SearchMode
 from rag.errors import BadInputError, RagError, ServerBusyError
+from rag.requests import AskRequest, Turn
 from rag.schema import AnswerResponse, Citation
-from rag.serve.api import BUSY_RETRY_AFTER_S, AnswerQueue, AskRequest, client_options, reject_lone_surrogates, status_code
+from rag.serve.api import BUSY_RETRY_AFTER_S, AnswerQueue, allowed, reject_lone_surrogates, status_code
 from rag.service import RagService
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,9 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(description="`rag` (the server's answer model), `extractive`, or a model the server lets clients choose")
+    model: str = Field(
+        description="`rag` (the server's answer model), `extractive`, or a model the server lets clients choose"
+    )
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="Only one answer per request")
@@ -97,8 +99,13 @@ class ChatCompletionRequest(BaseModel):
                 history[-1].answer = message.text()
         try:
             return AskRequest(
-                question=last.text(), model=None if self.model == DEFAULT_MODEL else self.model, history=history,
-                k=self.k, mode=self.mode, doc_ids=self.doc_ids, temperature=self.temperature,
+                question=last.text(),
+                model=None if self.model == DEFAULT_MODEL else self.model,
+                history=history,
+                k=self.k,
+                mode=self.mode,
+                doc_ids=self.doc_ids,
+                temperature=self.temperature,
                 max_tokens=self.max_completion_tokens or self.max_tokens,
             )
         except ValidationError as exc:
@@ -151,25 +158,29 @@ def openai_router(service: RagService, queue: AnswerQueue) -> APIRouter:
         return ModelList(data=[ModelCard(id=name) for name in dict.fromkeys(names) if name != "*"])
 
     @api.post(
-        "/chat/completions", response_model=ChatCompletion,
+        "/chat/completions",
+        response_model=ChatCompletion,
         responses={200: {"content": {"text/event-stream": {}}}, 503: {"description": "As for POST /ask"}},
     )
     async def chat_completions(request: ChatCompletionRequest) -> Response:
         try:
-            ask = request.ask_request()
-            options = client_options(service, ask)
+            ask = allowed(service, request.ask_request())
             if request.stream:
-                events = queue.held(options.model, service.ask_stream(ask.question, options, ask.history))
+                events = queue.held(ask.model, service.ask_stream(ask))
                 # Validation and retrieval happen before the first event: bad input is a plain 4xx.
                 first = await run_in_threadpool(next, events)
                 return StreamingResponse(_chunks(request.model, chain([first], events)), media_type="text/event-stream")
-            with queue.place(options.model):
-                response = await run_in_threadpool(service.ask, ask.question, options, ask.history)
+            with queue.place(ask.model):
+                response = await run_in_threadpool(service.ask, ask)
         except RagError as exc:
             return _error_response(exc)
         completion = ChatCompletion(
-            id=_completion_id(), created=int(time.time()), model=request.model,
-            choices=[CompletionChoice(message=ReplyMessage(content=response.answer))], citations=response.citations, answer=response,
+            id=_completion_id(),
+            created=int(time.time()),
+            model=request.model,
+            choices=[CompletionChoice(message=ReplyMessage(content=response.answer))],
+            citations=response.citations,
+            answer=response,
         )
         return JSONResponse(completion.model_dump(mode="json"))
 
@@ -210,7 +221,9 @@ def _chunks(model: str, events: Iterator[AnswerEvent]) -> Iterator[str]:
                 response = event.response
                 yield chunk({"content": response.answer})
                 yield chunk(
-                    {}, "stop", citations=[c.model_dump(mode="json") for c in response.citations],
+                    {},
+                    "stop",
+                    citations=[c.model_dump(mode="json") for c in response.citations],
                     answer=response.model_dump(mode="json"),
                 )
     except RagError as exc:  # the stream has begun: the error travels as a chunk, as OpenAI's do
