@@ -1,6 +1,6 @@
 """The HTTP API: the same service and JSON shapes as the CLI's `--json`, with OpenAPI docs at
 /docs. Bad input is a 4xx with a one-line `detail`; nothing else ever shows a traceback. Keys,
-origins, body sizes and security headers are checked around it (rag/access.py).
+origins, body sizes and security headers are checked around it (rag/serve/access.py).
 
 Endpoints are plain (sync) functions, so FastAPI runs them in its thread pool: searches run
 side by side, and answers from the embedded model wait for it in arrival order, up to

@@ -6,7 +6,7 @@ same call (SearchRequest, AskRequest, CheckRequest), field by field, and its out
 JSON object the API returns (structured content, with its schema). A bad request or a failure
 is a tool error whose text is the API's one-line `detail`.
 
-Over HTTP the server's rules apply as for the API: the same keys (rag/access.py, around the
+Over HTTP the server's rules apply as for the API: the same keys (rag/serve/access.py, around the
 whole app), the model policy of POST /ask, and the same queue of answers. Over stdio the tools
 run as their user, like the CLI, and any model may be chosen."""
 

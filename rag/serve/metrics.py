@@ -12,7 +12,7 @@ two apps in one process (tests) never clash. What is measured, and where it come
 - LLM throughput from rag.generation.usage_observers;
 - index documents and passages, read from the service's store at scrape time.
 
-With API keys set, /metrics needs an admin key (rag/access.py: needs_admin)."""
+With API keys set, /metrics needs an admin key (rag/serve/access.py: needs_admin)."""
 
 from __future__ import annotations
 

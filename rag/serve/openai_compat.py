@@ -2,7 +2,7 @@
 and `GET /v1/models`, so chat clients and SDKs that speak it can ask the documents.
 
 - The model name chooses the answering model: `rag` is the server's answer model; `extractive`
-  and others only as the server lets clients choose them (rag/access.py check_client_model),
+  and others only as the server lets clients choose them (rag/serve/access.py check_client_model),
   exactly as for POST /ask.
 - The last message is the question (it must be the user's); earlier user and assistant messages
   are the conversation a follow-up is rewritten with. System messages are not instructions to
@@ -147,7 +147,7 @@ class ModelList(BaseModel):
 
 def openai_router(service: RagService, queue: AnswerQueue) -> APIRouter:
     """The routes under /v1; keys, origins and body limits are checked around them as for every
-    route (rag/access.py)."""
+    route (rag/serve/access.py)."""
     api = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], dependencies=[Depends(reject_lone_surrogates)])
     settings = service.settings
 
