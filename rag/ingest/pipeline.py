@@ -30,6 +30,7 @@ from rag.ingest.chunking import chunk_document
 from rag.ingest.cleaning import clean_corpus, heading_title
 from rag.ingest.dedup import group_duplicates
 from rag.ingest.loading import load_paths
+from rag.ingest.pdf import search_text
 from rag.schema import Chunk, Document, short_title
 from rag.stores.faiss_bm25.dense import build_dense_index
 from rag.stores.faiss_bm25.lexical import build_lexical_index
@@ -78,9 +79,10 @@ def embedding_text(chunk: Chunk, doc: Document, include_title: bool) -> str:
     """What gets embedded and BM25-indexed for a chunk: its text, headed by the document
     title when the chunk does not already contain it."""
     title = doc.title
+    text = search_text(chunk.text) if doc.format == "pdf" else chunk.text
     if include_title and title and title not in chunk.text:
-        return f"{title}\n{chunk.text}"
-    return chunk.text
+        return f"{title}\n{text}"
+    return text
 
 
 def corpus_fingerprint(documents: dict[str, Document]) -> str:
@@ -209,7 +211,7 @@ def _build(
         if doc.title is None and (title := heading_title(doc, blocks[doc_id])):
             docs[doc_id] = doc.model_copy(update={"title": short_title(title)})
     chunks = [
-        chunk
+        chunk.model_copy(update=docs[doc_id].page_fields(chunk.start, chunk.end)) if docs[doc_id].pages else chunk
         for doc_id in sorted(docs)
         for chunk in chunk_document(doc_id, docs[doc_id].text, blocks[doc_id], settings.chunking)
     ]

@@ -33,6 +33,7 @@ from rag.errors import (
     ServerBusyError,
     UnknownDocumentError,
 )
+from rag.ingest.loading import SUPPORTED_LIST
 from rag.ingest.pipeline import IndexReport
 from rag.requests import AskRequest, CheckRequest, SearchRequest
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
@@ -122,7 +123,8 @@ class AnswerQueue:
 
 def create_api(service: RagService) -> FastAPI:
     """The API, the OpenAI-compatible /v1, the MCP tools at /mcp and /metrics, inside the
-    access checks (keys, origins, body size, headers: rag/serve/access.py)."""
+    access checks (keys, origins, body size, headers: rag/serve/access.py). The app closes the
+    service when it shuts down (stopping the embedded model's server)."""
     # Imported here: these modules build on this one's request models and queue.
     from rag.serve.mcp_tools import create_mcp, http_routes
     from rag.serve.metrics import MetricsMiddleware, ServerMetrics
@@ -137,6 +139,7 @@ def create_api(service: RagService) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with metrics.observing(), mcp.session_manager.run():
             yield
+        await run_in_threadpool(service.close)
 
     app = FastAPI(
         title="Cited answers",
@@ -230,7 +233,7 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
         return DocumentList(documents=service.documents())
 
     @api.post("/documents", status_code=201)
-    def upload_document(file: Annotated[UploadFile, File(description="A .txt, .md or .html file")]) -> IndexChange:
+    def upload_document(file: Annotated[UploadFile, File(description=f"A {SUPPORTED_LIST} file")]) -> IndexChange:
         limit = service.settings.server.max_upload_bytes
         data = file.file.read(limit + 1)  # never more than the limit in memory
         name = upload_name(file.filename or "")
