@@ -115,10 +115,17 @@ class RagService:
         progress: EmbedProgress | None = None,
         documents: list[Document] | None = None,
     ) -> IndexReport:
-        report = update_index(
-            self.settings, paths=paths, remove=remove, rebuild=rebuild,
-            embedder_factory=lambda: self.embedder, progress=progress, documents=documents,
-        )
+        if self.settings.ingest.engine == "dask":
+            from rag.ingest.cluster import update_index_on_cluster
+
+            report = update_index_on_cluster(
+                self.settings, paths=paths, remove=remove, rebuild=rebuild, progress=progress, documents=documents
+            )
+        else:
+            report = update_index(
+                self.settings, paths=paths, remove=remove, rebuild=rebuild,
+                embedder_factory=lambda: self.embedder, progress=progress, documents=documents,
+            )
         if report.written:
             self._reset()
         return report

@@ -8,6 +8,7 @@ so a result list shows a passage once and still names every document that holds 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
@@ -24,10 +25,16 @@ def _shingles(text: str) -> set[bytes]:
     return {" ".join(words[i : i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
 
 
-def group_duplicates(chunks: list[Chunk], threshold: float, num_perm: int) -> list[Chunk]:
-    """Return the chunks in (doc_id, start) order with `duplicate_of` / `copies` filled in."""
+def group_duplicates(
+    chunks: list[Chunk], threshold: float, num_perm: int, known: Mapping[str, LeanMinHash] | None = None
+) -> list[Chunk]:
+    """Return the chunks in (doc_id, start) order with `duplicate_of` / `copies` filled in
+    (`known`: signatures already computed, by chunk id)."""
     ordered = sorted(chunks, key=lambda c: (c.doc_id, c.start))
-    signatures: list[LeanMinHash] = MinHash.bulk([_shingles(c.text) for c in ordered], num_perm=num_perm)
+    if known is not None:
+        signatures: list[LeanMinHash] = [known[c.chunk_id] for c in ordered]
+    else:
+        signatures = MinHash.bulk([_shingles(c.text) for c in ordered], num_perm=num_perm)
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     canonical_chunks: dict[str, tuple[Chunk, LeanMinHash]] = {}
     out: list[Chunk] = []

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from rag.ingest.chunking import chunk_document
 from rag.ingest.cleaning import clean_corpus, heading_title
 from rag.ingest.dedup import group_duplicates
 from rag.ingest.loading import load_paths
-from rag.schema import Chunk, Document, short_title
+from rag.schema import Block, Chunk, Document, short_title
 from rag.stores.base import (
     Changes,
     DocumentRows,
@@ -71,6 +72,39 @@ def corpus_fingerprint(documents: dict[str, Document]) -> str:
     return digest.hexdigest()
 
 
+class IngestEngine(Protocol):
+    """Where the cleaning, chunking and near-copy stages run (rag.ingest.cluster: on Dask)."""
+
+    def chunks(self, docs: dict[str, Document], settings: Settings) -> list[Chunk]:
+        """Every document's chunks in doc id order; an untitled document takes its heading's
+        title (`docs` is updated in place)."""
+
+    def group(self, chunks: list[Chunk], settings: Settings) -> list[Chunk]:
+        """`group_duplicates` over all the chunks."""
+
+
+def document_chunks(doc: Document, blocks: list[Block], settings: Settings) -> tuple[Document, list[Chunk]]:
+    """One cleaned document's chunks, and the document titled by its heading if it had no title."""
+    if doc.title is None and (title := heading_title(doc, blocks)):
+        doc = doc.model_copy(update={"title": short_title(title)})
+    return doc, chunk_document(doc.doc_id, doc.text, blocks, settings.chunking)
+
+
+class LocalEngine:
+    """The stages in this process."""
+
+    def chunks(self, docs: dict[str, Document], settings: Settings) -> list[Chunk]:
+        blocks = clean_corpus(list(docs.values()), settings.cleaning)
+        chunks = []
+        for doc_id in sorted(docs):
+            docs[doc_id], doc_chunks = document_chunks(docs[doc_id], blocks[doc_id], settings)
+            chunks.extend(doc_chunks)
+        return chunks
+
+    def group(self, chunks: list[Chunk], settings: Settings) -> list[Chunk]:
+        return group_duplicates(chunks, settings.index.dedup_threshold, settings.index.dedup_num_perm)
+
+
 def update_index(
     settings: Settings,
     paths: list[Path] | None = None,
@@ -79,9 +113,11 @@ def update_index(
     embedder_factory: Callable[[], Embedder] | None = None,
     progress: EmbedProgress | None = None,
     documents: list[Document] | None = None,
+    engine: IngestEngine | None = None,
 ) -> IndexReport:
     """Sync the index with `paths` (folders are mirrored, deletions included; files are added
-    or updated), drop the `remove` doc ids, and add ready-made `documents` (benchmarks)."""
+    or updated), drop the `remove` doc ids, and add ready-made `documents` (benchmarks).
+    `engine` runs the cleaning, chunking and near-copy stages (default: in this process)."""
     index_dir = settings.index.dir
     report = IndexReport(index_dir=str(index_dir))
     clock = time.perf_counter()
@@ -136,7 +172,9 @@ def update_index(
             return report
 
         replace_all = bool(report.rebuilt_because) or store.manifest is None
-        changes = _changes(settings, docs, store, replace_all, rebuild, fingerprint, embedder_factory, progress, report)
+        changes = _changes(
+            settings, docs, store, replace_all, rebuild, fingerprint, embedder_factory, progress, report, engine or LocalEngine()
+        )
         clock = time.perf_counter()
         store.apply(changes)
         report.seconds["write"] = time.perf_counter() - clock
@@ -154,25 +192,18 @@ def _changes(
     embedder_factory: Callable[[], Embedder] | None,
     progress: EmbedProgress | None,
     report: IndexReport,
+    engine: IngestEngine,
 ) -> Changes:
     """What the update changes, per document, with the vectors of every new chunk."""
     clock = time.perf_counter()
-    blocks = clean_corpus(list(docs.values()), settings.cleaning)
-    for doc_id, doc in docs.items():
-        if doc.title is None and (title := heading_title(doc, blocks[doc_id])):
-            docs[doc_id] = doc.model_copy(update={"title": short_title(title)})
-    chunks = [
-        chunk
-        for doc_id in sorted(docs)
-        for chunk in chunk_document(doc_id, docs[doc_id].text, blocks[doc_id], settings.chunking)
-    ]
+    chunks = engine.chunks(docs, settings)
     report.without_passages = sorted(set(docs) - {c.doc_id for c in chunks})
     for doc_id in report.without_passages:
         log.warning("%s has no passages: cleaning dropped all of its text as boilerplate", doc_id)
     report.seconds["clean_chunk"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    chunks = group_duplicates(chunks, settings.index.dedup_threshold, settings.index.dedup_num_perm)
+    chunks = engine.group(chunks, settings)
     report.seconds["dedup"] = time.perf_counter() - clock
 
     by_doc: dict[str, list[Chunk]] = {doc_id: [] for doc_id in docs}
