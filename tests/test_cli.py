@@ -96,11 +96,13 @@ def test_unreadable_files_are_skipped_with_warning(workdir, tmp_path) -> None:
     assert "Indexed 1 documents" in result.stdout
 
 
-def test_remove_then_search_never_returns_it(workdir, tmp_path) -> None:
-    index_dir = str(tmp_path / "idx")
-    assert rag("index", str(workdir / "seeds"), "--index-dir", index_dir, cwd=workdir).returncode == 0
-    assert rag("remove", "000_c1a45aa062b469e9.txt", "--index-dir", index_dir, cwd=workdir).returncode == 0
-    payload = json.loads(rag("search", "529 commune-level military party cells", "--k", "50", "--json", "--index-dir", index_dir, cwd=workdir).stdout)
+def test_remove_deletes_the_corpus_file_so_the_next_index_does_not_bring_it_back(tmp_path) -> None:
+    shutil.copytree(SEEDS, tmp_path / "seeds")  # the corpus folder of a project in tmp_path
+    assert rag("index", cwd=tmp_path).returncode == 0
+    assert rag("remove", "000_c1a45aa062b469e9.txt", cwd=tmp_path).returncode == 0
+    assert not (tmp_path / "seeds" / "000_c1a45aa062b469e9.txt").exists()
+    assert "is up to date: 4 documents" in rag("index", cwd=tmp_path).stdout
+    payload = json.loads(rag("search", "529 commune-level military party cells", "--k", "50", "--json", cwd=tmp_path).stdout)
     assert all(h["doc_id"] != "000_c1a45aa062b469e9.txt" for h in payload["results"])
 
 
