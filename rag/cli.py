@@ -169,7 +169,7 @@ def index(
         Optional[str],
         typer.Option(
             "--cluster", metavar="[ADDRESS]",
-            help="Run on a Dask cluster: the scheduler at ADDRESS (tcp://host:port), or alone (or `local`) a local cluster on 127.0.0.1. Needs `pip install cited-rag[cluster]`.",
+            help="Run on a Dask cluster: the scheduler at ADDRESS (tcp://host:port), or alone (or `local`) a local cluster on 127.0.0.1. Needs `pip install cited-rag\\[cluster]`.",
         ),
     ] = None,
 ) -> None:
