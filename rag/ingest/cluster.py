@@ -28,7 +28,7 @@ import numpy as np
 
 from rag.config import EmbeddingSettings, Settings
 from rag.errors import RagError
-from rag.ingest.cleaning import clean_document, document_lines, repeated_among
+from rag.ingest.cleaning import document_blocks, document_lines, repeated_among
 from rag.ingest.dedup import _shingles, group_duplicates
 from rag.ingest.pipeline import EmbedProgress, IndexReport, document_chunks, update_index
 from rag.schema import Chunk, Document
@@ -128,11 +128,12 @@ def _batches(items: list[T], size: int) -> list[list[T]]:
 
 
 def _lines_task(docs: list[Document]) -> dict[str, set[str]]:
-    return {doc.doc_id: document_lines(doc) for doc in docs}
+    # PDF and Word documents come with their reader's blocks: no part of the page statistics.
+    return {doc.doc_id: document_lines(doc) for doc in docs if doc.blocks is None}
 
 
 def _chunks_task(docs: list[Document], boilerplate: set[str], settings: Settings) -> list[tuple[Document, list[Chunk]]]:
-    return [document_chunks(doc, clean_document(doc, boilerplate, settings.cleaning), settings) for doc in docs]
+    return [document_chunks(doc, document_blocks(doc, boilerplate, settings.cleaning), settings) for doc in docs]
 
 
 def _signatures_task(chunks: list[Chunk], num_perm: int) -> dict[str, object]:

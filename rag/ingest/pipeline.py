@@ -26,6 +26,7 @@ from rag.ingest.chunking import chunk_document
 from rag.ingest.cleaning import clean_corpus, heading_title
 from rag.ingest.dedup import group_duplicates
 from rag.ingest.loading import load_paths
+from rag.ingest.pdf import search_text
 from rag.schema import Block, Chunk, Document, short_title
 from rag.stores.base import (
     Changes,
@@ -33,7 +34,6 @@ from rag.stores.base import (
     Manifest,
     StoreWriter,
     compatibility_problems,
-    embedding_text,
     new_manifest_time,
     package_versions,
 )
@@ -65,6 +65,16 @@ class IndexReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def embedding_text(chunk: Chunk, doc: Document, include_title: bool) -> str:
+    """What gets embedded and BM25-indexed for a chunk: its text, headed by the document
+    title when the chunk does not already contain it."""
+    title = doc.title
+    text = search_text(chunk.text) if doc.format == "pdf" else chunk.text
+    if include_title and title and title not in chunk.text:
+        return f"{title}\n{text}"
+    return text
+
+
 def corpus_fingerprint(documents: dict[str, Document]) -> str:
     digest = hashlib.sha256()
     for doc_id in sorted(documents):
@@ -87,7 +97,10 @@ def document_chunks(doc: Document, blocks: list[Block], settings: Settings) -> t
     """One cleaned document's chunks, and the document titled by its heading if it had no title."""
     if doc.title is None and (title := heading_title(doc, blocks)):
         doc = doc.model_copy(update={"title": short_title(title)})
-    return doc, chunk_document(doc.doc_id, doc.text, blocks, settings.chunking)
+    chunks = chunk_document(doc.doc_id, doc.text, blocks, settings.chunking)
+    if doc.pages:
+        chunks = [chunk.model_copy(update=doc.page_fields(chunk.start, chunk.end)) for chunk in chunks]
+    return doc, chunks
 
 
 class LocalEngine:
