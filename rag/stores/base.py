@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Protocol
 
@@ -112,7 +112,7 @@ def package_versions() -> dict[str, str]:
 
 
 def new_manifest_time() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def compatibility_problems(manifest: Manifest, settings: Settings, fingerprint: str) -> list[str]:
