@@ -84,10 +84,10 @@ def _settings(index_dir: Path | None, **flags: dict[str, object]) -> Settings:
     return settings
 
 
-def _service(index_dir: Path | None):
+def _service(index_dir: Path | None, **flags: dict[str, object]):
     from rag.service import RagService
 
-    return RagService(_settings(index_dir))
+    return RagService(_settings(index_dir, **flags))
 
 
 def _closed_with(ctx: typer.Context, service):
@@ -172,9 +172,18 @@ def index(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-embed everything instead of reusing vectors.")] = False,
     index_dir: IndexDirOption = None,
     as_json: JsonOption = False,
+    cluster: Annotated[
+        Optional[str],
+        typer.Option(
+            "--cluster", metavar="[ADDRESS]",
+            help="Run on a Dask cluster: the scheduler at ADDRESS (tcp://host:port), or alone (or `local`) a local cluster on 127.0.0.1. Needs `pip install cited-rag\\[cluster]`.",
+        ),
+    ] = None,
 ) -> None:
     """Index documents: new and changed ones are embedded, deleted ones dropped."""
-    service = _service(index_dir)
+    # --cluster alone: the scheduler_address setting if there is one, else a local cluster.
+    ingest = {} if cluster is None else {"engine": "dask", "scheduler_address": None if cluster == "local" else cluster}
+    service = _service(index_dir, ingest=ingest)
     with _embed_progress(service.settings.index.progress_every_s) as update:
         report = service.update(paths=paths or [service.settings.index.corpus_dir], rebuild=rebuild, progress=update)
     _print_json(_report_json(report)) if as_json else _print_report(report)
@@ -620,12 +629,23 @@ def _check_arguments(arguments: list[str]) -> None:
             raise BadInputError(f"argument {number} is not UTF-8 text: {shown}")
 
 
+def _optional_values(arguments: list[str]) -> list[str]:
+    """`--cluster` takes an address only when one follows (scheme://...); alone it means `local`
+    (typer options have no optional values)."""
+    out = []
+    for i, argument in enumerate(arguments):
+        out.append(argument)
+        if argument == "--cluster" and (i + 1 == len(arguments) or "://" not in arguments[i + 1]):
+            out.append("local")
+    return out
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, handlers=[_OneLineWarnings()])
     try:
         _check_arguments(sys.argv[1:])
-        app(standalone_mode=False)
+        app(args=_optional_values(sys.argv[1:]), standalone_mode=False)
     except RagError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise SystemExit(exc.exit_code) from None

@@ -118,6 +118,34 @@ class IndexSettings(Section):
     )
 
 
+class IngestSettings(Section):
+    """Where `rag index` runs: in this process, or on a Dask cluster (`pip install cited-rag[cluster]`)."""
+
+    engine: Literal["local", "dask"] = Field(
+        "local", description="local: index in this process; dask: on a Dask cluster (the `--cluster` flag)."
+    )
+    scheduler_address: str | None = Field(
+        None,
+        description="Address of a running Dask scheduler (tcp://host:port) for engine dask; unset: a local cluster bound to 127.0.0.1 is started for the run.",
+    )
+    local_workers: int = Field(2, ge=1, description="Worker processes of the local cluster started when no scheduler_address is set.")
+    local_threads_per_worker: int = Field(1, ge=1, description="Threads of each worker process of that local cluster.")
+    task_size: int = Field(
+        256, ge=1, description="Documents or passages one cluster task handles: larger tasks cost less scheduling, smaller ones spread better and lose less when a worker dies."
+    )
+    worker_resources: str | None = Field(
+        None,
+        description='A Dask worker resource each embedding task requires ("GPU"): only workers started with `--resources "GPU=1"` embed.',
+    )
+
+    @field_validator("scheduler_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError("a scheduler address looks like tcp://host:port")
+        return value
+
+
 class RetrievalSettings(Section):
     """Search: dense, BM25 and their fusion (rag/retrieve/)."""
 
@@ -331,6 +359,7 @@ class Settings(BaseSettings):
     answer: AnswerSettings = AnswerSettings()
     local_llm: LocalLLMSettings = LocalLLMSettings()
     server: ServerSettings = ServerSettings()
+    ingest: IngestSettings = IngestSettings()
 
     # A misspelt section of rag.toml ([retreival]) fails naming it instead of being ignored.
     # Environment variables are only read for known settings, so unrelated RAG_* ones stay harmless.

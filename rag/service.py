@@ -142,11 +142,20 @@ class RagService:
     ) -> IndexReport:
         """Sync the index with `paths` (folders are mirrored, deletions included; files are
         added or updated), drop the `remove` doc ids, add ready-made `documents`. Only new
-        and changed passages are embedded; `rebuild` re-embeds everything."""
-        report = update_index(
-            self.settings, paths=[Path(path) for path in paths] if paths else None, remove=remove, rebuild=rebuild,
-            embedder_factory=lambda: self.embedder, progress=progress, documents=documents,
-        )
+        and changed passages are embedded; `rebuild` re-embeds everything. With
+        `ingest.engine = "dask"` the work runs on a Dask cluster (rag.ingest.cluster)."""
+        paths = [Path(path) for path in paths] if paths else None
+        if self.settings.ingest.engine == "dask":
+            from rag.ingest.cluster import update_index_on_cluster
+
+            report = update_index_on_cluster(
+                self.settings, paths=paths, remove=remove, rebuild=rebuild, progress=progress, documents=documents
+            )
+        else:
+            report = update_index(
+                self.settings, paths=paths, remove=remove, rebuild=rebuild,
+                embedder_factory=lambda: self.embedder, progress=progress, documents=documents,
+            )
         if report.written:
             self._reset()
         return report

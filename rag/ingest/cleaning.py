@@ -135,9 +135,16 @@ def _normalise(line: str) -> str:
 
 def repeated_lines(documents: list[Document], settings: CleaningSettings) -> set[str]:
     """Short lines that occur in at least `repeated_line_min_docs` unrelated documents."""
-    doc_lines = {
-        doc.doc_id: {_normalise(raw) for raw in doc.text.splitlines() if raw.strip()} for doc in documents
-    }
+    return repeated_among({doc.doc_id: document_lines(doc) for doc in documents}, settings)
+
+
+def document_lines(doc: Document) -> set[str]:
+    """The normalised distinct lines of a document: all `repeated_lines` reads of it."""
+    return {_normalise(raw) for raw in doc.text.splitlines() if raw.strip()}
+
+
+def repeated_among(doc_lines: dict[str, set[str]], settings: CleaningSettings) -> set[str]:
+    """`repeated_lines` from the lines of every document (doc id -> `document_lines`)."""
     line_docs: dict[str, set[str]] = defaultdict(set)
     for doc_id, lines in doc_lines.items():
         for line in lines:
@@ -255,7 +262,12 @@ def clean_corpus(documents: list[Document], settings: CleaningSettings) -> dict[
     reader (rag/ingest/), which knows their layout; the rules here are for scraped pages."""
     pages = [doc for doc in documents if doc.blocks is None]
     boilerplate = repeated_lines(pages, settings) if settings.enabled else set()
-    return {doc.doc_id: doc.blocks if doc.blocks is not None else clean_document(doc, boilerplate, settings) for doc in documents}
+    return {doc.doc_id: document_blocks(doc, boilerplate, settings) for doc in documents}
+
+
+def document_blocks(doc: Document, boilerplate_lines: set[str], settings: CleaningSettings) -> list[Block]:
+    """The kept blocks of one document: its reader's, or those cleaning keeps of a page."""
+    return doc.blocks if doc.blocks is not None else clean_document(doc, boilerplate_lines, settings)
 
 
 def heading_title(doc: Document, blocks: list[Block]) -> str | None:

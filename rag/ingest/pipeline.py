@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from rag.ingest.dedup import group_duplicates
 from rag.ingest.incremental import IngestState, load_state, new_state, save_state, state_key
 from rag.ingest.loading import load_paths
 from rag.ingest.pdf import search_text
-from rag.schema import Chunk, Document, short_title
+from rag.schema import Block, Chunk, Document, short_title
 from rag.stores.base import (
     Changes,
     DocumentRows,
@@ -82,6 +83,27 @@ def corpus_fingerprint(documents: dict[str, Document]) -> str:
     return digest.hexdigest()
 
 
+class IngestEngine(Protocol):
+    """Where the cleaning, chunking and near-copy stages run (rag.ingest.cluster: on Dask)."""
+
+    def chunks(self, docs: dict[str, Document], settings: Settings) -> list[Chunk]:
+        """Every document's chunks in doc id order; an untitled document takes its heading's
+        title (`docs` is updated in place)."""
+
+    def group(self, chunks: list[Chunk], settings: Settings) -> list[Chunk]:
+        """`group_duplicates` over all the chunks."""
+
+
+def document_chunks(doc: Document, blocks: list[Block], settings: Settings) -> tuple[Document, list[Chunk]]:
+    """One cleaned document's chunks, and the document titled by its heading if it had no title."""
+    if doc.title is None and (title := heading_title(doc, blocks)):
+        doc = doc.model_copy(update={"title": short_title(title)})
+    chunks = chunk_document(doc.doc_id, doc.text, blocks, settings.chunking)
+    if doc.pages:
+        chunks = [chunk.model_copy(update=doc.page_fields(chunk.start, chunk.end)) for chunk in chunks]
+    return doc, chunks
+
+
 def update_index(
     settings: Settings,
     paths: list[Path] | None = None,
@@ -90,6 +112,7 @@ def update_index(
     embedder_factory: Callable[[], Embedder] | None = None,
     progress: EmbedProgress | None = None,
     documents: list[Document] | None = None,
+    engine: IngestEngine | None = None,
 ) -> IndexReport:
     """Sync the index with `paths` (folders are mirrored, deletions included; files are added
     or updated), drop the `remove` doc ids, and add ready-made `documents` (benchmarks)."""
@@ -150,14 +173,28 @@ def update_index(
 
         replace_all = bool(report.rebuilt_because) or store.manifest is None
         changes, state = _changes(
-            settings, docs, store, replace_all, rebuild, fingerprint, embedder_factory, progress, report
+            settings, docs, store, replace_all, rebuild, fingerprint, embedder_factory, progress, report, engine
         )
         clock = time.perf_counter()
         store.apply(changes)
-        save_state(index_dir, state)
+        if state is not None:
+            save_state(index_dir, state)
         report.seconds["write"] = time.perf_counter() - clock
         report.written = True
         return report
+
+
+@dataclass
+class _Rows:
+    """What the chunk stages decided: each document to write with all its chunks, the chunks of
+    other documents whose near-copy annotations changed, the counts after the update, and the
+    incremental ingest state after it (None when an engine recomputed everything)."""
+
+    rows_of: dict[str, list[Chunk]]
+    annotated: list[Chunk]
+    chunks: int
+    canonical_chunks: int
+    state: IngestState | None
 
 
 def _changes(
@@ -170,11 +207,66 @@ def _changes(
     embedder_factory: Callable[[], Embedder] | None,
     progress: EmbedProgress | None,
     report: IndexReport,
-) -> tuple[Changes, IngestState]:
+    engine: IngestEngine | None,
+) -> tuple[Changes, IngestState | None]:
     """What the update changes, per document, with the vectors of every new chunk; and the
-    ingest state after it. Only documents whose text changed, and those whose cleaning a
-    change of boilerplate lines reaches, are cleaned and chunked again; only the near-copy
-    groups touching a changed chunk are recomputed (rag.ingest.incremental)."""
+    ingest state after it."""
+    rows = (
+        _engine_rows(settings, docs, store, replace_all, report, engine)
+        if engine is not None
+        else _incremental_rows(settings, docs, store, replace_all, report)
+    )
+    upserted, rows_of, annotated = sorted(rows.rows_of), rows.rows_of, rows.annotated
+    stored = {} if replace_all else store.documents
+    texts = {
+        doc_id: [embedding_text(c, docs[doc_id], settings.embedding.include_title) for c in rows_of[doc_id]]
+        for doc_id in upserted
+    }
+    keys = {doc_id: [embedding_key(fingerprint, t) for t in texts[doc_id]] for doc_id in upserted}
+    vectors = _vectors_for(texts, keys, store, rebuild, embedder_factory, progress, report)
+
+    report.chunks, report.canonical_chunks = rows.chunks, rows.canonical_chunks
+    # Chunks of documents this update leaves alone keep their stored vectors.
+    report.reused_vectors += report.chunks - len(vectors)
+    manifest = Manifest(
+        created_at=new_manifest_time(),
+        embedding_model=settings.embedding.model,
+        embedding_fingerprint=fingerprint,
+        embedding_backend=settings.embedding.backend,
+        dimension=int(vectors.shape[1]),
+        include_title=settings.embedding.include_title,
+        chunking=settings.chunking,
+        cleaning=settings.cleaning,
+        faiss_type=settings.index.faiss_type,
+        dedup_threshold=settings.index.dedup_threshold,
+        corpus_fingerprint=corpus_fingerprint(docs),
+        documents=len(docs),
+        chunks=report.chunks,
+        canonical_chunks=report.canonical_chunks,
+        versions=package_versions(),
+    )
+    if rows.state is not None:
+        rows.state.key = state_key(settings, manifest.corpus_fingerprint)
+    rows, offset = [], 0
+    for doc_id in upserted:
+        n = len(rows_of[doc_id])
+        rows.append(
+            DocumentRows(docs[doc_id], rows_of[doc_id], texts[doc_id], vectors[offset : offset + n], keys[doc_id])
+        )
+        offset += n
+    removed = sorted(set(stored) - set(docs))
+    changes = Changes(upserted=rows, removed=removed, annotated=annotated, manifest=manifest, replace_all=replace_all)
+    return changes, rows.state
+
+
+
+
+def _incremental_rows(
+    settings: Settings, docs: dict[str, Document], store: StoreWriter, replace_all: bool, report: IndexReport
+) -> _Rows:
+    """Only documents whose text changed, and those whose cleaning a change of boilerplate
+    lines reaches, are cleaned and chunked again; only the near-copy groups touching a changed
+    chunk are recomputed (rag.ingest.incremental)."""
     clock = time.perf_counter()
     stored = {} if replace_all else store.documents
     if replace_all:
@@ -235,53 +327,52 @@ def _changes(
         for doc_id in upserted
     }
     annotated = [grouped[i] for i, c in kept_in_component.items() if c.doc_id not in rows_of and grouped[i] != c]
-
-    texts = {
-        doc_id: [embedding_text(c, docs[doc_id], settings.embedding.include_title) for c in rows_of[doc_id]]
-        for doc_id in upserted
-    }
-    keys = {doc_id: [embedding_key(fingerprint, t) for t in texts[doc_id]] for doc_id in upserted}
-    vectors = _vectors_for(texts, keys, store, rebuild, embedder_factory, progress, report)
-
     before = store.manifest if not replace_all else None
-    report.chunks = (before.chunks if before else 0) - len(removed_chunks) + len(added_chunks)
+    chunks = (before.chunks if before else 0) - len(removed_chunks) + len(added_chunks)
     # Canonical passages: those stored, less the ones regrouped, plus the regrouped outcome.
     was_canonical = sum(c.duplicate_of is None for c in [*removed_chunks, *kept_in_component.values()])
-    report.canonical_chunks = (
+    canonical = (
         (before.canonical_chunks if before else 0)
         - was_canonical
         + sum(c.duplicate_of is None for c in grouped.values())
     )
-    # Chunks of documents this update leaves alone keep their stored vectors.
-    report.reused_vectors += report.chunks - len(vectors)
-    manifest = Manifest(
-        created_at=new_manifest_time(),
-        embedding_model=settings.embedding.model,
-        embedding_fingerprint=fingerprint,
-        embedding_backend=settings.embedding.backend,
-        dimension=int(vectors.shape[1]),
-        include_title=settings.embedding.include_title,
-        chunking=settings.chunking,
-        cleaning=settings.cleaning,
-        faiss_type=settings.index.faiss_type,
-        dedup_threshold=settings.index.dedup_threshold,
-        corpus_fingerprint=corpus_fingerprint(docs),
-        documents=len(docs),
-        chunks=report.chunks,
-        canonical_chunks=report.canonical_chunks,
-        versions=package_versions(),
-    )
-    state.key = state_key(settings, manifest.corpus_fingerprint)
-    rows, offset = [], 0
-    for doc_id in upserted:
-        n = len(rows_of[doc_id])
-        rows.append(
-            DocumentRows(docs[doc_id], rows_of[doc_id], texts[doc_id], vectors[offset : offset + n], keys[doc_id])
-        )
-        offset += n
-    removed = sorted(set(stored) - set(docs))
-    changes = Changes(upserted=rows, removed=removed, annotated=annotated, manifest=manifest, replace_all=replace_all)
-    return changes, state
+    return _Rows(rows_of, annotated, chunks, canonical, state)
+
+
+def _engine_rows(
+    settings: Settings,
+    docs: dict[str, Document],
+    store: StoreWriter,
+    replace_all: bool,
+    report: IndexReport,
+    engine: IngestEngine,
+) -> _Rows:
+    """Every document cleaned, chunked and grouped again by `engine` (rag.ingest.cluster);
+    the documents whose chunks differ from the stored ones are written."""
+    clock = time.perf_counter()
+    chunks = engine.chunks(docs, settings)
+    report.without_passages = sorted(set(docs) - {c.doc_id for c in chunks})
+    for doc_id in report.without_passages:
+        log.warning("%s has no passages: cleaning dropped all of its text as boilerplate", doc_id)
+    report.seconds["clean_chunk"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    chunks = engine.group(chunks, settings)
+    report.seconds["dedup"] = time.perf_counter() - clock
+
+    by_doc: dict[str, list[Chunk]] = {doc_id: [] for doc_id in docs}
+    for chunk in chunks:
+        by_doc[chunk.doc_id].append(chunk)
+    stored = {} if replace_all else store.documents
+    rows_of: dict[str, list[Chunk]] = {}
+    annotated: list[Chunk] = []
+    for doc_id, doc_chunks in by_doc.items():
+        old = store.chunks_of(doc_id) if doc_id in stored and stored[doc_id] == docs[doc_id] else None
+        if old is None or [(c.chunk_id, c.text) for c in old] != [(c.chunk_id, c.text) for c in doc_chunks]:
+            rows_of[doc_id] = doc_chunks
+        else:
+            annotated.extend(new for new, was in zip(doc_chunks, old) if new != was)
+    # The saved incremental state no longer describes the index: the next local run rebuilds it.
+    return _Rows(rows_of, annotated, len(chunks), sum(c.duplicate_of is None for c in chunks), None)
 
 
 def _stored_chunks(store: StoreWriter, chunk_ids: set[str]) -> dict[str, Chunk]:
