@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -220,6 +220,28 @@ class ServerSettings(BaseModel):
         return value
 
 
+class StoreSettings(BaseModel):
+    """Where the index lives: FAISS + bm25s files in `index.dir`, or a Milvus server."""
+
+    # faiss: files on this machine's disk (the default); milvus: collections on a Milvus server
+    # (Standalone, Distributed, a `milvus-lite server`) or in a Milvus Lite file, shared by every
+    # `rag serve` replica pointed at it.
+    backend: Literal["faiss", "milvus"] = "faiss"
+    # http(s)://host:19530 for a server; a path ending in .db for Milvus Lite in this process.
+    uri: str = "http://127.0.0.1:19530"
+    # "user:password" or an API key; empty when the server has no authentication.
+    token: str = ""
+    # Collections are named <collection>_chunks, <collection>_documents and <collection>_meta.
+    collection: str = Field("cited_rag", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
+    # The dense index and its build parameters, as Milvus names them (HNSW, IVF_FLAT, FLAT,
+    # AUTOINDEX...). Searches use index.hnsw_ef_search (at least the candidate depth) or
+    # index.ivf_nprobe.
+    index_type: str = "HNSW"
+    index_params: dict[str, Any] = {"M": 32, "efConstruction": 200}
+    # Seconds allowed for one call to the server.
+    timeout_s: float = Field(30.0, gt=0)
+
+
 class Settings(BaseSettings):
     corpus_dir: Path = Path("seeds")
     cleaning: CleaningSettings = CleaningSettings()
@@ -232,6 +254,7 @@ class Settings(BaseSettings):
     answer: AnswerSettings = AnswerSettings()
     local_llm: LocalLLMSettings = LocalLLMSettings()
     server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
 
     # A misspelt section of rag.toml ([retreival]) fails naming it instead of being ignored.
     # Environment variables are only read for known settings, so unrelated RAG_* ones stay harmless.
