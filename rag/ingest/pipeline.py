@@ -1,11 +1,11 @@
-"""Build and update the index: load -> clean -> chunk -> group near-copies -> embed -> FAISS + BM25 -> store.
+"""Build and update the index: load -> clean -> chunk -> group near-copies -> embed -> store.
 
-Updates are incremental where it matters: the whole corpus is re-cleaned and re-chunked
-(cheap, and cleaning looks across documents), but a chunk is embedded only if no vector for
-its exact text and model exists in the previous index. FAISS and BM25 are rebuilt from the
-resulting chunk list every time, so removed or changed documents cannot leave stale or
-duplicated chunks behind. A damaged index is rebuilt from the newest generation that is still
-sound, or else from the corpus alone."""
+The pipeline decides what an update changes, document by document, and hands the store a
+`Changes` value (rag.stores.base): the documents added or changed with all their chunks,
+vectors and embedding keys, the doc ids removed, and the chunks of untouched documents whose
+near-copy annotations changed. A chunk is embedded only if the store holds no vector for its
+exact text and model. The store applies the changes atomically. A damaged index is rebuilt
+from the newest generation that is still sound, or else from the corpus alone."""
 
 from __future__ import annotations
 
@@ -20,33 +20,23 @@ import numpy as np
 
 from rag.config import Settings
 from rag.embed.encoder import Embedder, embedding_fingerprint, embedding_key
-from rag.errors import (
-    BadInputError,
-    IncompatibleIndexError,
-    IndexDamagedError,
-    IndexMissingError,
-)
+from rag.errors import BadInputError
 from rag.ingest.chunking import chunk_document
 from rag.ingest.cleaning import clean_corpus, heading_title
 from rag.ingest.dedup import group_duplicates
 from rag.ingest.loading import load_paths
 from rag.schema import Chunk, Document, short_title
-from rag.stores.faiss_bm25.dense import build_dense_index
-from rag.stores.faiss_bm25.lexical import build_lexical_index
-from rag.stores.faiss_bm25.store import (
-    FORMAT_VERSION,
-    IndexData,
+from rag.stores.base import (
+    Changes,
+    DocumentRows,
     Manifest,
+    StoreWriter,
     compatibility_problems,
-    current_generation,
-    generations,
+    embedding_text,
     new_manifest_time,
     package_versions,
-    read_generation,
-    read_index,
-    write_index,
-    writer_lock,
 )
+from rag.stores.faiss_bm25.store import open_writer
 
 log = logging.getLogger(__name__)
 
@@ -74,55 +64,11 @@ class IndexReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def embedding_text(chunk: Chunk, doc: Document, include_title: bool) -> str:
-    """What gets embedded and BM25-indexed for a chunk: its text, headed by the document
-    title when the chunk does not already contain it."""
-    title = doc.title
-    if include_title and title and title not in chunk.text:
-        return f"{title}\n{chunk.text}"
-    return chunk.text
-
-
 def corpus_fingerprint(documents: dict[str, Document]) -> str:
     digest = hashlib.sha256()
     for doc_id in sorted(documents):
         digest.update(f"{doc_id}\0{documents[doc_id].sha256}\n".encode())
     return digest.hexdigest()
-
-
-def _previous_index(settings: Settings, rebuild: bool, report: IndexReport) -> tuple[IndexData | None, Path | None]:
-    """The index to update, and the current generation when it is damaged (to be discarded)."""
-    if rebuild:
-        report.rebuilt_because.append("--rebuild")
-        return None, None
-    try:
-        return read_index(settings.index.dir), None
-    except IndexMissingError:
-        return None, None
-    except IncompatibleIndexError as exc:
-        report.rebuilt_because.append(str(exc))
-        return None, None
-    except IndexDamagedError as exc:
-        damaged = current_generation(settings.index.dir)
-        return _last_sound_generation(settings, damaged, exc, report), damaged
-
-
-def _last_sound_generation(
-    settings: Settings, damaged: Path | None, damage: IndexDamagedError, report: IndexReport
-) -> IndexData | None:
-    """The newest older generation that passes every check, so its documents and vectors are
-    reused; None when there is none and the corpus must be indexed afresh."""
-    for generation in generations(settings.index.dir):
-        if generation == damaged:
-            continue
-        try:
-            data = read_generation(generation)
-        except (IndexDamagedError, IncompatibleIndexError):
-            continue
-        report.rebuilt_because.append(f"{damage.summary}; rebuilt from the previous generation {generation.name}")
-        return data
-    report.rebuilt_because.append(f"{damage.summary}; no sound generation left, rebuilt from the documents given")
-    return None
 
 
 def update_index(
@@ -139,10 +85,13 @@ def update_index(
     index_dir = settings.index.dir
     report = IndexReport(index_dir=str(index_dir))
     clock = time.perf_counter()
-    with writer_lock(index_dir):
-        previous, damaged = _previous_index(settings, rebuild, report)
+    with open_writer(index_dir, settings.index) as store:
         fingerprint = embedding_fingerprint(settings.embedding)
-        old_docs = dict(previous.documents) if previous else {}
+        if rebuild:
+            report.rebuilt_because.append("--rebuild")
+        report.rebuilt_because.extend(store.problems)
+        reusable = store.manifest is not None and not rebuild
+        old_docs = dict(store.documents) if reusable else {}
         docs = dict(old_docs)
 
         loaded: list[Document] = list(documents or [])
@@ -176,33 +125,37 @@ def update_index(
         report.unchanged = len(docs) - len(report.added) - len(report.updated)
         report.seconds["load"] = time.perf_counter() - clock
 
-        problems = compatibility_problems(previous.manifest, settings, fingerprint) if previous else []
-        report.rebuilt_because.extend(problems)
+        if reusable:
+            report.rebuilt_because.extend(compatibility_problems(store.manifest, settings, fingerprint))
         # rebuilt_because also holds damage recovered from: the damaged generation must be replaced.
-        changed = report.added or report.updated or report.removed or report.rebuilt_because or previous is None
+        changed = report.added or report.updated or report.removed or report.rebuilt_because or store.manifest is None
         report.documents = len(docs)
         if not changed:
-            report.chunks = previous.manifest.chunks
-            report.canonical_chunks = previous.manifest.canonical_chunks
+            report.chunks = store.manifest.chunks
+            report.canonical_chunks = store.manifest.canonical_chunks
             return report
 
-        data = _build(settings, docs, previous, fingerprint, embedder_factory, progress, report)
+        replace_all = bool(report.rebuilt_because) or store.manifest is None
+        changes = _changes(settings, docs, store, replace_all, rebuild, fingerprint, embedder_factory, progress, report)
         clock = time.perf_counter()
-        write_index(index_dir, data, discard=damaged)
+        store.apply(changes)
         report.seconds["write"] = time.perf_counter() - clock
         report.written = True
         return report
 
 
-def _build(
+def _changes(
     settings: Settings,
     docs: dict[str, Document],
-    previous: IndexData | None,
+    store: StoreWriter,
+    replace_all: bool,
+    rebuild: bool,
     fingerprint: str,
     embedder_factory: Callable[[], Embedder] | None,
     progress: EmbedProgress | None,
     report: IndexReport,
-) -> IndexData:
+) -> Changes:
+    """What the update changes, per document, with the vectors of every new chunk."""
     clock = time.perf_counter()
     blocks = clean_corpus(list(docs.values()), settings.cleaning)
     for doc_id, doc in docs.items():
@@ -220,21 +173,36 @@ def _build(
 
     clock = time.perf_counter()
     chunks = group_duplicates(chunks, settings.index.dedup_threshold, settings.index.dedup_num_perm)
-    distinct = sum(c.duplicate_of is None for c in chunks)
     report.seconds["dedup"] = time.perf_counter() - clock
 
-    texts = [embedding_text(c, docs[c.doc_id], settings.embedding.include_title) for c in chunks]
-    keys = [embedding_key(fingerprint, t) for t in texts]
-    vectors = _vectors_for(texts, keys, previous, embedder_factory, progress, report)
+    by_doc: dict[str, list[Chunk]] = {doc_id: [] for doc_id in docs}
+    for chunk in chunks:
+        by_doc[chunk.doc_id].append(chunk)
+    stored = {} if replace_all else store.documents
+    upserted: list[str] = []
+    annotated: list[Chunk] = []
+    for doc_id, doc_chunks in by_doc.items():
+        if doc_id not in stored or stored[doc_id] != docs[doc_id]:
+            upserted.append(doc_id)
+            continue
+        old = store.chunks_of(doc_id)
+        if [(c.chunk_id, c.text) for c in old] != [(c.chunk_id, c.text) for c in doc_chunks]:
+            upserted.append(doc_id)  # cleaning kept other spans of it because of another document
+        else:
+            annotated.extend(new for new, was in zip(doc_chunks, old) if new != was)
 
-    clock = time.perf_counter()
-    dense = build_dense_index(vectors, settings.index)
-    lexical = build_lexical_index(texts)
-    report.seconds["indexes"] = time.perf_counter() - clock
+    texts = {
+        doc_id: [embedding_text(c, docs[doc_id], settings.embedding.include_title) for c in by_doc[doc_id]]
+        for doc_id in upserted
+    }
+    keys = {doc_id: [embedding_key(fingerprint, t) for t in texts[doc_id]] for doc_id in upserted}
+    vectors = _vectors_for(texts, keys, store, rebuild, embedder_factory, progress, report)
+    # Chunks of untouched documents keep their stored vectors.
+    report.reused_vectors += len(chunks) - len(vectors)
 
-    report.chunks, report.canonical_chunks = len(chunks), distinct
+    report.chunks = len(chunks)
+    report.canonical_chunks = sum(c.duplicate_of is None for c in chunks)
     manifest = Manifest(
-        format_version=FORMAT_VERSION,
         created_at=new_manifest_time(),
         embedding_model=settings.embedding.model,
         embedding_fingerprint=fingerprint,
@@ -247,30 +215,42 @@ def _build(
         dedup_threshold=settings.index.dedup_threshold,
         corpus_fingerprint=corpus_fingerprint(docs),
         documents=len(docs),
-        chunks=len(chunks),
-        canonical_chunks=distinct,
+        chunks=report.chunks,
+        canonical_chunks=report.canonical_chunks,
         versions=package_versions(),
     )
-    return IndexData(manifest, docs, chunks, vectors, keys, dense, lexical)
+    rows, offset = [], 0
+    for doc_id in upserted:
+        n = len(by_doc[doc_id])
+        rows.append(DocumentRows(docs[doc_id], by_doc[doc_id], texts[doc_id], vectors[offset : offset + n], keys[doc_id]))
+        offset += n
+    removed = sorted(set(stored) - set(docs))
+    return Changes(upserted=rows, removed=removed, annotated=annotated, manifest=manifest, replace_all=replace_all)
 
 
 def _vectors_for(
-    texts: list[str],
-    keys: list[str],
-    previous: IndexData | None,
+    texts: dict[str, list[str]],
+    keys: dict[str, list[str]],
+    store: StoreWriter,
+    fresh_only: bool,
     embedder_factory: Callable[[], Embedder] | None,
     progress: EmbedProgress | None,
     report: IndexReport,
 ) -> np.ndarray:
-    known = {key: row for row, key in enumerate(previous.embedding_keys)} if previous else {}
+    """One vector per chunk of `texts` (all documents in order), reusing stored vectors by
+    key unless `fresh_only` (`--rebuild`)."""
+    all_keys = [key for doc_keys in keys.values() for key in doc_keys]
+    all_texts = [text for doc_texts in texts.values() for text in doc_texts]
+    known = {} if fresh_only else store.vectors_for(set(all_keys))
     # The same text in two documents (both are indexed) has one key and is embedded once.
-    text_of = dict(zip(keys, texts))
-    missing = list(dict.fromkeys(key for key in keys if key not in known))
-    report.reused_vectors = sum(key in known for key in keys)
+    text_of = dict(zip(all_keys, all_texts))
+    missing = list(dict.fromkeys(key for key in all_keys if key not in known))
+    report.reused_vectors = sum(key in known for key in all_keys)
     report.embedded = len(missing)
     clock = time.perf_counter()
     fresh = None
-    if missing or previous is None:
+    stored_dimension = store.manifest.dimension if store.manifest and not fresh_only else None
+    if missing or (not known and stored_dimension is None):
         if embedder_factory is None:
             raise BadInputError("no embedding model available to embed new chunks")
         embedder = embedder_factory()
@@ -287,10 +267,10 @@ def _vectors_for(
             progress(0, len(missing))
         fresh = embedder.encode([text_of[key] for key in missing], progress=advance)
     else:
-        dimension = previous.vectors.shape[1]
+        dimension = len(next(iter(known.values()))) if known else stored_dimension
     fresh_row = {key: row for row, key in enumerate(missing)}
-    vectors = np.zeros((len(keys), dimension), dtype=np.float32)
-    for i, key in enumerate(keys):
-        vectors[i] = previous.vectors[known[key]] if key in known else fresh[fresh_row[key]]
+    vectors = np.zeros((len(all_keys), dimension), dtype=np.float32)
+    for i, key in enumerate(all_keys):
+        vectors[i] = known[key] if key in known else fresh[fresh_row[key]]
     report.seconds["embed"] = time.perf_counter() - clock
     return vectors

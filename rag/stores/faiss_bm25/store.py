@@ -18,11 +18,10 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import bm25s
@@ -31,19 +30,25 @@ import numpy as np
 import xxhash
 from pydantic import BaseModel, Field
 
-from rag.config import (
-    ChunkingSettings,
-    CleaningSettings,
-    IndexSettings,
-    RetrievalSettings,
-    SearchMode,
-    Settings,
-)
+from rag.config import IndexSettings, RetrievalSettings, SearchMode, Settings
 from rag.errors import IncompatibleIndexError, IndexDamagedError, IndexMissingError
 from rag.schema import Chunk, Document
-from rag.stores.base import Candidate, ChunkCounts
-from rag.stores.faiss_bm25.dense import load_dense_index, save_dense_index, search_dense
+from rag.stores.base import (
+    Candidate,
+    Changes,
+    ChunkCounts,
+    Manifest,
+    compatibility_problems,
+    embedding_text,
+)
+from rag.stores.faiss_bm25.dense import (
+    build_dense_index,
+    load_dense_index,
+    save_dense_index,
+    search_dense,
+)
 from rag.stores.faiss_bm25.lexical import (
+    build_lexical_index,
     lexical_scores,
     lexical_size,
     load_lexical_index,
@@ -62,71 +67,24 @@ class FileRecord(BaseModel):
     xxh3_128: str
 
 
-class Manifest(BaseModel):
+class GenerationManifest(Manifest):
+    """The manifest of one generation: the build's `Manifest`, this store's format, and the
+    size and checksum of every other file of the generation."""
+
     format_version: int
-    created_at: str
-    embedding_model: str
-    embedding_fingerprint: str
-    # Indexes from before backends existed were all built by torch.
-    embedding_backend: str = "torch"
-    dimension: int
-    include_title: bool
-    chunking: ChunkingSettings
-    cleaning: CleaningSettings
-    faiss_type: str
-    dedup_threshold: float
-    corpus_fingerprint: str
-    documents: int
-    chunks: int
-    canonical_chunks: int  # distinct passages: chunks that are no near-duplicate of an earlier one
-    versions: dict[str, str]
     # Every file of the generation but the manifest, by path relative to the generation folder.
     files: dict[str, FileRecord] = Field(default_factory=dict)
 
 
 @dataclass
 class IndexData:
-    manifest: Manifest
+    manifest: GenerationManifest
     documents: dict[str, Document]
     chunks: list[Chunk]  # in (doc_id, start) order; chunk i is row i of vectors / FAISS / BM25
     vectors: np.ndarray
     embedding_keys: list[str]
     dense: faiss.Index
     lexical: bm25s.BM25
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in ("cited-rag", "sentence-transformers", "faiss-cpu", "bm25s", "torch"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "unknown"
-    return out
-
-
-def new_manifest_time() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def compatibility_problems(manifest: Manifest, settings: Settings, fingerprint: str) -> list[str]:
-    """How the index differs from what the current settings would build."""
-    problems = []
-    if manifest.embedding_backend != settings.embedding.backend:
-        problems.append(f"embedding backend ({manifest.embedding_backend} -> {settings.embedding.backend})")
-    elif manifest.embedding_fingerprint != fingerprint:
-        problems.append(f"embedding model ({manifest.embedding_model} -> {settings.embedding.model})")
-    if manifest.include_title != settings.embedding.include_title:
-        problems.append("embedding.include_title")
-    if manifest.chunking != settings.chunking:
-        problems.append("chunking settings")
-    if manifest.cleaning != settings.cleaning:
-        problems.append("cleaning settings")
-    if manifest.faiss_type != settings.index.faiss_type:
-        problems.append(f"FAISS index type ({manifest.faiss_type} -> {settings.index.faiss_type})")
-    if manifest.dedup_threshold != settings.index.dedup_threshold:
-        problems.append("dedup threshold")
-    return problems
 
 
 def current_generation(index_dir: Path) -> Path | None:
@@ -186,7 +144,7 @@ def read_generation(generation: Path) -> IndexData:
     return data
 
 
-def _read_manifest(generation: Path) -> Manifest:
+def _read_manifest(generation: Path) -> GenerationManifest:
     try:
         raw = json.loads((generation / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
@@ -198,7 +156,7 @@ def _read_manifest(generation: Path) -> Manifest:
             f"index in {generation.parent}/ has format {found}, this version reads {FORMAT_VERSION}: run `rag index`"
         )
     try:
-        return Manifest.model_validate(raw)
+        return GenerationManifest.model_validate(raw)
     except ValueError:
         raise IndexDamagedError(str(generation), [f"{MANIFEST} does not fit the format"]) from None
 
@@ -216,7 +174,7 @@ def file_records(generation: Path) -> dict[str, FileRecord]:
     }
 
 
-def file_problems(generation: Path, manifest: Manifest) -> list[str]:
+def file_problems(generation: Path, manifest: GenerationManifest) -> list[str]:
     """Files that are missing or differ from what the build wrote, one line each."""
     if not manifest.files:
         return [f"{MANIFEST} lists no files"]
@@ -347,6 +305,103 @@ def _collect_garbage(index_dir: Path, keep: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
     for old in [p for p in generations(index_dir) if p.name != keep][GENERATIONS_KEPT - 1 :]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+class FaissBm25Writer:
+    """The embedded `StoreWriter`: the current generation (or, when it is damaged, the newest
+    sound one before it) opened for one update; `apply` publishes the next generation."""
+
+    def __init__(self, index_dir: Path, index_settings: IndexSettings):
+        self.index_dir = index_dir
+        self.index_settings = index_settings
+        self.problems: list[str] = []
+        # A damaged current generation, deleted once its successor is published.
+        self._damaged: Path | None = None
+        self.data = self._open()
+        self._row_of_key = {key: row for row, key in enumerate(self.data.embedding_keys)} if self.data else {}
+
+    def _open(self) -> IndexData | None:
+        try:
+            return read_index(self.index_dir)
+        except IndexMissingError:
+            return None
+        except IncompatibleIndexError as exc:
+            self.problems.append(str(exc))
+            return None
+        except IndexDamagedError as exc:
+            self._damaged = current_generation(self.index_dir)
+            return self._last_sound_generation(exc)
+
+    def _last_sound_generation(self, damage: IndexDamagedError) -> IndexData | None:
+        """The newest older generation that passes every check, so its documents and vectors
+        are reused; None when there is none and the corpus must be indexed afresh."""
+        for generation in generations(self.index_dir):
+            if generation == self._damaged:
+                continue
+            try:
+                data = read_generation(generation)
+            except (IndexDamagedError, IncompatibleIndexError):
+                continue
+            self.problems.append(f"{damage.summary}; rebuilt from the previous generation {generation.name}")
+            return data
+        self.problems.append(f"{damage.summary}; no sound generation left, rebuilt from the documents given")
+        return None
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self.data.manifest if self.data else None
+
+    @property
+    def documents(self) -> dict[str, Document]:
+        return self.data.documents if self.data else {}
+
+    def chunks_of(self, doc_id: str) -> list[Chunk]:
+        return [c for c in self.data.chunks if c.doc_id == doc_id] if self.data else []
+
+    def vectors_for(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        return {key: self.data.vectors[self._row_of_key[key]] for key in keys if key in self._row_of_key}
+
+    def apply(self, changes: Changes) -> None:
+        if changes.manifest is None:
+            raise ValueError("an update must carry the manifest of the index after it")
+        keep = None if changes.replace_all or self.data is None else self.data
+        gone = set(changes.removed) | {rows.document.doc_id for rows in changes.upserted}
+        documents = {d: doc for d, doc in (keep.documents if keep else {}).items() if d not in gone}
+        annotated = {c.chunk_id: c for c in changes.annotated}
+        # (sort key, chunk, lexical text, vector, embedding key) per row.
+        rows = []
+        if keep is not None:
+            include_title = keep.manifest.include_title
+            for row, chunk in enumerate(keep.chunks):
+                if chunk.doc_id not in gone:
+                    chunk = annotated.get(chunk.chunk_id, chunk)
+                    text = embedding_text(chunk, documents[chunk.doc_id], include_title)
+                    rows.append((chunk, text, keep.vectors[row], keep.embedding_keys[row]))
+        for upsert in changes.upserted:
+            documents[upsert.document.doc_id] = upsert.document
+            rows.extend(zip(upsert.chunks, upsert.texts, upsert.vectors, upsert.embedding_keys))
+        rows.sort(key=lambda r: (r[0].doc_id, r[0].start))
+        dimension = changes.manifest.dimension
+        vectors = np.array([r[2] for r in rows], dtype=np.float32).reshape(len(rows), dimension)
+        texts = [r[1] for r in rows]
+        data = IndexData(
+            manifest=GenerationManifest(**changes.manifest.model_dump(), format_version=FORMAT_VERSION),
+            documents=dict(sorted(documents.items())),
+            chunks=[r[0] for r in rows],
+            vectors=vectors,
+            embedding_keys=[r[3] for r in rows],
+            dense=build_dense_index(vectors, self.index_settings),
+            lexical=build_lexical_index(texts),
+        )
+        write_index(self.index_dir, data, discard=self._damaged)
+        self._damaged = None
+
+
+@contextmanager
+def open_writer(index_dir: Path, index_settings: IndexSettings) -> Iterator[FaissBm25Writer]:
+    """The index in `index_dir` opened for one update, under the writer lock."""
+    with writer_lock(index_dir):
+        yield FaissBm25Writer(index_dir, index_settings)
 
 
 class FaissBm25Store:
