@@ -15,7 +15,7 @@ from pathlib import Path
 from rag.answer.conversation import Turn, standalone_question
 from rag.answer.pipeline import Answerer, AnswerEvent, AskOptions
 from rag.config import SearchMode, Settings, load_settings
-from rag.embed.encoder import Embedder, embedding_fingerprint
+from rag.embed.encoder import Embedder
 from rag.errors import (
     BadInputError,
     PayloadTooLargeError,
@@ -25,8 +25,8 @@ from rag.ingest.loading import SUPPORTED_SUFFIXES, LoadReport, load_file
 from rag.ingest.pipeline import EmbedProgress, IndexReport, update_index
 from rag.retrieve.retriever import Retriever
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
+from rag.stores import open_store
 from rag.stores.base import Store
-from rag.stores.faiss_bm25.store import open_store
 from rag.text.words import is_unicode_text
 from rag.verify.checker import Checker, CheckReport, CheckRequest
 
@@ -48,7 +48,7 @@ class RagService:
         """The index, loaded on first use and again after every update."""
         with self._lock:
             if self._store is None:
-                self._store = open_store(self.settings, embedding_fingerprint(self.settings.embedding))
+                self._store = open_store(self.settings)
             return self._store
 
     @property

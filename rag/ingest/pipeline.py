@@ -36,7 +36,7 @@ from rag.stores.base import (
     new_manifest_time,
     package_versions,
 )
-from rag.stores.faiss_bm25.store import open_writer
+from rag.stores import open_writer
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def update_index(
     index_dir = settings.index.dir
     report = IndexReport(index_dir=str(index_dir))
     clock = time.perf_counter()
-    with open_writer(index_dir, settings.index) as store:
+    with open_writer(settings) as store:
         fingerprint = embedding_fingerprint(settings.embedding)
         if rebuild:
             report.rebuilt_because.append("--rebuild")
