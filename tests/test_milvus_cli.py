@@ -40,6 +40,7 @@ def milvus_env(uri: str, collection: str) -> dict[str, str]:
         ({**milvus_env("SERVER", "c"), "RAG_STORE__BACKEND": "mongo"}, 2, "error: setting store.backend (from RAG_STORE__BACKEND): "),
         (milvus_env("SERVER", "bad-name"), 2, "error: setting store.collection (from RAG_STORE__COLLECTION): "),
         (milvus_env("", "c"), 2, "error: setting store.uri is empty"),
+        (milvus_env("foo://x", "c"), 2, "error: setting store.uri 'foo://x' is not usable: "),
     ],
 )
 def test_store_problems_are_one_line_with_their_exit_code(milvus_server, tmp_path, env, code, message) -> None:
@@ -72,13 +73,15 @@ def test_a_server_killed_mid_index_fails_the_run_and_the_next_run_restores_the_c
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
     )
     # Kill the server (SIGKILL) as soon as the update has started writing rows.
-    watcher = MilvusClient(uri=server.uri)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and run.poll() is None and not writing_rows(watcher):
-        time.sleep(0.02)
-    watcher.close()
-    server.process.kill()
-    server.process.wait(timeout=30)
+    try:
+        watcher = MilvusClient(uri=server.uri)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.poll() is None and not writing_rows(watcher):
+            time.sleep(0.02)
+        watcher.close()
+    finally:
+        server.process.kill()
+        server.process.wait(timeout=30)
     _, stderr = run.communicate(timeout=300)
     assert run.returncode == 1, stderr
     assert stderr.strip().splitlines()[-1].startswith(f"error: Milvus at {server.uri} failed: ")
@@ -104,3 +107,31 @@ def test_a_server_killed_mid_index_fails_the_run_and_the_next_run_restores_the_c
         assert set(chunk_ids) == {c.chunk_id for c in read_index(tmp_path / "files").chunks}
     finally:
         server.stop()
+
+
+def test_migrate_copies_an_index_both_ways_without_embedding(milvus_server, tmp_path) -> None:
+    files = tmp_path / "files"
+    assert rag(["index", str(SEEDS), "--index-dir", str(files)], {}, tmp_path).returncode == 0
+    env = milvus_env(milvus_server.uri, "migrated")
+    # No model to embed with: the copy must not need one.
+    no_model = {**env, "RAG_EMBEDDING__MODEL": str(tmp_path / "no-model")}
+    there = rag(["migrate", "--to", "milvus", "--index-dir", str(files)], no_model, tmp_path)
+    assert there.returncode == 0, there.stderr
+    assert "Copied 5 documents, " in there.stdout and "to Milvus collection migrated at" in " ".join(there.stdout.split())
+    back = rag(["migrate", "--to", "faiss", "--index-dir", str(tmp_path / "back")], {**no_model, "RAG_STORE__BACKEND": "milvus"}, tmp_path)
+    assert back.returncode == 0, back.stderr
+
+    def search(env: dict[str, str], index_dir: Path, mode: str) -> list:
+        done = rag(["search", "How many commune-level military party cells were established?", "--mode", mode,
+                    "--json", "--index-dir", str(index_dir)], env, tmp_path)
+        assert done.returncode == 0, done.stderr
+        return [(h["chunk_id"], h["start"], h["end"]) for h in json.loads(done.stdout)["results"]]
+
+    for mode in ("hybrid", "dense", "bm25"):
+        expected = search({}, files, mode)
+        assert search({**env, "RAG_STORE__BACKEND": "milvus"}, files, mode) == expected
+        assert search({}, tmp_path / "back", mode) == expected
+
+    missing = rag(["migrate", "--to", "milvus", "--index-dir", str(tmp_path / "none")], env, tmp_path)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no index in ")
+    assert not (tmp_path / "none").exists()

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 from conftest import make_service, make_settings
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pymilvus.exceptions import MilvusException
 
 from rag.config import ChunkingSettings, Settings
 from rag.errors import IncompatibleIndexError, StoreSettingsError, StoreUnavailableError
 from rag.service import RagService
-from rag.stores.milvus.connection import milvus_errors
+from rag.stores.milvus.connection import PLACEHOLDER, milvus_errors, one_of
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +174,48 @@ def test_refused_credentials_are_bad_settings_and_other_failures_a_failing_serve
     with pytest.raises(error) as caught, milvus_errors(settings):
         raise MilvusException(code=1800, message=message + "\nsecond line")
     assert "\n" not in str(caught.value) and settings.uri in str(caught.value)
+
+
+def test_doctor_checks_the_milvus_index(tmp_path, corpus, request, embedder) -> None:
+    from pymilvus import MilvusClient
+
+    from rag.doctor import check_index
+
+    service = indexed("milvus", tmp_path, corpus, request, embedder)
+    healthy = check_index(service.settings)
+    assert not healthy.problems and "documents" in healthy.detail and "Milvus collection" in healthy.detail
+    store = service.settings.store
+    client = MilvusClient(uri=store.uri)
+    client.delete(f"{store.collection}_chunks", filter='doc_id == "bees.md"')
+    client.close()
+    problems = check_index(service.settings).problems
+    assert problems and problems[0].endswith("the manifest says 3 and 6; run `rag index`")
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(names=st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=30),
+                      min_size=1, max_size=4, unique=True))
+def test_filter_literals_match_exactly_the_names_given(milvus_filter_collection, names) -> None:
+    """Doc ids are file names: quotes, backslashes and newlines in them must not break or widen a filter."""
+    client, name = milvus_filter_collection
+    client.delete(name, filter='doc_id != ""')
+    client.insert(name, [{"doc_id": doc_id, "placeholder": PLACEHOLDER} for doc_id in [*names, "other"] if doc_id])
+    found = client.query(name, filter=one_of("doc_id", names), output_fields=["doc_id"])
+    assert sorted(r["doc_id"] for r in found) == sorted(names)
+
+
+@pytest.fixture(scope="module")
+def milvus_filter_collection(milvus_server):
+    from pymilvus import DataType, MilvusClient
+
+    client = MilvusClient(uri=milvus_server.uri)
+    name = f"literals_{uuid.uuid4().hex[:8]}"
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("doc_id", DataType.VARCHAR, is_primary=True, max_length=1024)
+    schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=len(PLACEHOLDER))
+    index = client.prepare_index_params()
+    index.add_index("placeholder", index_type="FLAT", metric_type="L2")
+    client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+    yield client, name
+    client.drop_collection(name)
+    client.close()

@@ -4,11 +4,12 @@ errors turned into the library's one-line errors."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 
 from pymilvus import DataType, Function, FunctionType, MilvusClient
-from pymilvus.exceptions import MilvusException
+from pymilvus.exceptions import ConnectionConfigException, MilvusException
 
 from rag.config import StoreSettings
 from rag.errors import StoreSettingsError, StoreUnavailableError
@@ -30,6 +31,10 @@ PLACEHOLDER = [0.0] * PLACEHOLDER_DIM
 # bm25s's defaults, the embedded store's BM25.
 BM25_K1 = 1.5
 BM25_B = 0.75
+# pymilvus pings every 10 s, even between calls; a server with gRPC's default ping policy (Milvus
+# Lite's) answers with GOAWAY "too_many_pings" and drops the connection, failing calls. Pinging
+# during calls only, at most every 10 minutes, suits it and Milvus alike.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 600_000, "grpc.keepalive_permit_without_calls": False}
 # Rows per insert, and ids per `in [...]` filter.
 BATCH = 500
 
@@ -44,6 +49,10 @@ def where(settings: StoreSettings) -> str:
     return f"Milvus collection {settings.collection} at {settings.uri}"
 
 
+def first_line(exc: MilvusException) -> str:
+    return (exc.message or type(exc).__name__).splitlines()[0]
+
+
 @contextmanager
 def milvus_errors(settings: StoreSettings) -> Iterator[None]:
     """pymilvus failures as one line: refused credentials are bad settings (exit 2), anything
@@ -51,7 +60,7 @@ def milvus_errors(settings: StoreSettings) -> Iterator[None]:
     try:
         yield
     except MilvusException as exc:
-        message = (exc.message or type(exc).__name__).splitlines()[0]
+        message = first_line(exc)
         lowered = message.lower()
         if any(word in lowered for word in ("auth", "credential", "password", "token", "permission denied")):
             raise StoreSettingsError(f"{settings.uri} refused the credentials of store.token: {message}") from None
@@ -63,13 +72,11 @@ def connect(settings: StoreSettings) -> MilvusClient:
     if not settings.uri.strip():
         raise StoreSettingsError("setting store.uri is empty: give http://host:19530 or a path ending in .db")
     try:
-        return MilvusClient(uri=settings.uri, token=settings.token, timeout=settings.timeout_s)
+        return MilvusClient(uri=settings.uri, token=settings.token, timeout=settings.timeout_s, grpc_options=GRPC_OPTIONS)
+    except ConnectionConfigException as exc:
+        raise StoreSettingsError(f"setting store.uri {settings.uri!r} is not usable: {first_line(exc)}") from None
     except MilvusException as exc:
-        raise StoreUnavailableError(
-            f"cannot reach Milvus at {settings.uri} (store.uri): {(exc.message or '').splitlines()[0] if exc.message else 'no answer'}"
-        ) from None
-    except (ValueError, OSError) as exc:
-        raise StoreSettingsError(f"setting store.uri {settings.uri!r} is not usable: {exc}") from None
+        raise StoreUnavailableError(f"cannot reach Milvus at {settings.uri} (store.uri): {first_line(exc)}") from None
 
 
 def literal(value: str) -> str:
@@ -83,9 +90,10 @@ def one_of(field: str, values: list[str]) -> str:
     return f"{field} in [{', '.join(map(literal, values))}]"
 
 
-def batches(items: list, size: int = BATCH) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def batches(items: Iterable, size: int = BATCH) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
 
 
 def create_collections(client: MilvusClient, settings: StoreSettings, dimension: int) -> None:

@@ -50,17 +50,22 @@ MANIFEST_KEY = "manifest"
 # Set while an update runs, deleted when it is complete.
 UPDATE_KEY = "update"
 BM25_PARAMS = {"metric_type": "BM25"}
+# Milvus's largest query result; documents fetched at once, so that their parts stay within it.
+MAX_QUERY_ROWS = 16_384
+DOCS_PER_QUERY = 8
 # An update record whose writer has not been heard of for this long was interrupted.
 STALE_UPDATE_S = 300.0
 
 
-def lexical_text(text: str) -> str:
-    """What Milvus's BM25 function indexes for `text`: its BM25 tokens, space-separated,
-    within a VARCHAR (the tokens past it are left out)."""
-    tokens = " ".join(tokenize([text])[0])
-    if len(tokens.encode()) <= MAX_VARCHAR_BYTES:
-        return tokens
-    return tokens.encode()[:MAX_VARCHAR_BYTES].decode(errors="ignore").rsplit(" ", 1)[0]
+def lexical_texts(texts: list[str]) -> list[str]:
+    """What Milvus's BM25 function indexes for each text: its BM25 tokens, space-separated,
+    within a VARCHAR (tokens past it are left out)."""
+    out = []
+    for tokens in map(" ".join, tokenize(texts)) if texts else []:
+        if len(tokens.encode()) > MAX_VARCHAR_BYTES:
+            tokens = tokens.encode()[:MAX_VARCHAR_BYTES].decode(errors="ignore").rsplit(" ", 1)[0]
+        out.append(tokens)
+    return out
 
 
 def _fits(text: str) -> bool:
@@ -107,11 +112,18 @@ class _Collections:
 
     def read_documents(self, doc_ids: list[str] | None) -> dict[str, Document]:
         """Documents with their full text (None: all), reassembled from their parts."""
-        exprs = [one_of("doc_id", batch) for batch in batches(doc_ids)] if doc_ids is not None else [""]
+        fields = ["doc_id", "part", "record", "text"]
+        if doc_ids is None:
+            found = self.rows(self.documents, "", fields)
+        else:  # plain queries, fewer calls than an iterator: a document has at most 1,300 parts (20 MB)
+            found = (
+                row for batch in batches(doc_ids, DOCS_PER_QUERY)
+                for row in self.client.query(self.documents, filter=one_of("doc_id", batch), output_fields=fields,
+                                             limit=MAX_QUERY_ROWS, timeout=self.timeout)
+            )
         parts: dict[str, dict[int, dict]] = {}
-        for expr in exprs:
-            for row in self.rows(self.documents, expr, ["doc_id", "part", "record", "text"]):
-                parts.setdefault(row["doc_id"], {})[row["part"]] = row
+        for row in found:
+            parts.setdefault(row["doc_id"], {})[row["part"]] = row
         out = {}
         for doc_id, rows in parts.items():
             head = rows.get(0)
@@ -207,6 +219,27 @@ class MilvusStore:
                 tally[0] += 1
                 tally[1] += bool(row["duplicate_of"])
         return {doc_id: ChunkCounts(*tally) for doc_id, tally in counts.items()}
+
+    def verify(self) -> list[str]:
+        """What `rag doctor` checks, one line per problem: counts as the manifest says, one row
+        per chunk id, offsets that reproduce every chunk's text, near-copies of stored chunks."""
+        with self._c.errors():
+            documents = dict(self.documents.items())
+            chunks = self._c.chunks_by("")
+        problems = []
+        if len(documents) != self.manifest.documents or len(chunks) != self.manifest.chunks:
+            problems.append(f"{len(documents)} documents and {len(chunks)} passages, the manifest says "
+                            f"{self.manifest.documents} and {self.manifest.chunks}")
+        ids = {c.chunk_id for c in chunks}
+        if len(ids) != len(chunks):
+            problems.append(f"{len(chunks) - len(ids)} passage row(s) stored twice")
+        shifted = [c.chunk_id for c in chunks if c.doc_id not in documents or documents[c.doc_id].text[c.start : c.end] != c.text]
+        if shifted:
+            problems.append(f"{len(shifted)} chunk(s) whose offsets do not reproduce their text (first: {shifted[0]})")
+        dangling = [c.chunk_id for c in chunks if c.duplicate_of is not None and c.duplicate_of not in ids]
+        if dangling:
+            problems.append(f"{len(dangling)} chunk(s) copying a chunk that is not in the index (first: {dangling[0]})")
+        return problems
 
     def _dense_params(self, depth: int) -> dict:
         index_type = self.settings.store.index_type.upper()
@@ -361,11 +394,11 @@ def _chunk_rows(rows: DocumentRows) -> list[dict]:
     return [
         {
             "chunk_id": chunk.chunk_id, "doc_id": chunk.doc_id, "start": chunk.start, "end": chunk.end,
-            "text": chunk.text if _fits(chunk.text) else "", "lexical": lexical_text(text),
+            "text": chunk.text if _fits(chunk.text) else "", "lexical": lexical,
             "vector": np.asarray(vector, dtype=np.float32).tolist(), "duplicate_of": chunk.duplicate_of or "",
             "copies": [c.model_dump() for c in chunk.copies], "embedding_key": key,
         }
-        for chunk, text, vector, key in zip(rows.chunks, rows.texts, rows.vectors, rows.embedding_keys)
+        for chunk, lexical, vector, key in zip(rows.chunks, lexical_texts(rows.texts), rows.vectors, rows.embedding_keys)
     ]
 
 
@@ -439,12 +472,15 @@ class MilvusWriter:
                 for batch in batches(gone):
                     client.delete(c.chunks, filter=one_of("doc_id", batch), timeout=c.timeout)
                     client.delete(c.documents, filter=one_of("doc_id", batch), timeout=c.timeout)
-            for rows in changes.upserted:
-                for batch in batches(_document_rows(rows.document)):
-                    client.insert(c.documents, batch, timeout=c.timeout)
-                for batch in batches(_chunk_rows(rows)):
-                    client.insert(c.chunks, batch, timeout=c.timeout)
-                self._mark(started_at)
+            # Rows per insert: a document part holds up to 64 KB of text, a chunk row usually
+            # a few KB; gRPC messages stay within a few MB.
+            for collection, rows, size in (
+                (c.documents, (row for upsert in changes.upserted for row in _document_rows(upsert.document)), 32),
+                (c.chunks, (row for upsert in changes.upserted for row in _chunk_rows(upsert)), 256),
+            ):
+                for batch in batches(rows, size):
+                    client.insert(collection, batch, timeout=c.timeout)
+                    self._mark(started_at)
             self._annotate(changes.annotated)
             client.upsert(c.meta, [{"key": MANIFEST_KEY, "value": changes.manifest.model_dump(mode="json"),
                                     "placeholder": PLACEHOLDER}], timeout=c.timeout)
