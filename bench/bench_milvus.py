@@ -21,7 +21,7 @@ import numpy as np
 from run_all import CACHE_DIR, SCIFACT_DIR, markdown_table, write_section
 
 from rag.config import Settings
-from rag.eval.beir import QueryVectors, beir_settings, build_beir_index, evaluate_modes, load_beir
+from rag.eval.beir import BeirDataset, QueryVectors, beir_settings, build_beir_index, evaluate_modes, load_beir
 from rag.retrieve.retriever import MODES, Retriever
 from rag.schema import Chunk
 from rag.service import RagService
@@ -132,6 +132,14 @@ def upload_cost(settings: Settings, files: Path, chunks: int) -> list[list[objec
     return results
 
 
+def subset(dataset: BeirDataset, others: int) -> BeirDataset:
+    """Every judged document and the first `others` of the rest: the same claims, fewer distractors."""
+    judged = {doc_id for judgements in dataset.qrels.values() for doc_id in judgements}
+    rest = [d for d in dataset.documents if d.doc_id not in judged][:others]
+    documents = [d for d in dataset.documents if d.doc_id in judged] + rest
+    return BeirDataset(name=f"{dataset.name}-subset", documents=documents, queries=dataset.queries, qrels=dataset.qrels)
+
+
 UPLOAD_HEADERS = ["store", "passages", "initial load (s)", "one upload (s)"]
 
 
@@ -153,9 +161,11 @@ def upload_only(source: Path, chunks: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--chunks", type=int, default=100_000, help="passages of the collection for the upload cost")
+    parser.add_argument("--chunks", type=int, default=100_000, help="passages of the collection for the upload cost (0: not measured)")
     parser.add_argument("--latency-queries", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--docs", type=int, default=0,
+                        help="SciFact subset: every judged document plus this many others (0: the whole corpus)")
     parser.add_argument("--upload-only", type=Path, metavar="INDEX_DIR",
                         help="only the upload cost, on passages repeated from this embedded index")
     args = parser.parse_args(argv)
@@ -164,15 +174,19 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     dataset = load_beir(SCIFACT_DIR)
-    files = RagService(beir_settings(Settings(), FILES_INDEX))
-    print(f"index SciFact into {FILES_INDEX} (reused when present)", flush=True)
+    files_index = FILES_INDEX
+    if args.docs:
+        dataset = subset(dataset, args.docs)
+        files_index = CACHE_DIR / f"scifact-subset-{args.docs}-index"
+    files = RagService(beir_settings(Settings(), files_index))
+    print(f"index {len(dataset.documents)} SciFact documents into {files_index} (reused when present)", flush=True)
     build_beir_index(files, dataset)
 
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     server, uri = start_server(WORK / "data")
     try:
-        settings = beir_settings(Settings(), FILES_INDEX)
+        settings = beir_settings(Settings(), files_index)
         settings.store.uri, settings.store.collection = uri, "scifact"
         clock = time.perf_counter()
         copied = migrate(settings, "milvus")
@@ -202,23 +216,25 @@ def main(argv: list[str] | None = None) -> None:
         upload_settings = backend_settings(settings, "faiss").model_copy(
             update={"index": settings.index.model_copy(update={"dir": WORK / "scaled-index"})})
         upload_settings.store.collection = "scaled"
-        cost_rows = upload_cost(upload_settings, FILES_INDEX, args.chunks)
+        cost_rows = upload_cost(upload_settings, files_index, args.chunks) if args.chunks else []
     finally:
         server.terminate()
         server.wait(timeout=60)
 
+    corpus = f"a subset of {len(dataset.documents):,} documents (every judged one and {args.docs:,} others)" if args.docs else "the whole corpus"
     body = (
-        "SciFact test (300 claims), the embedded index and its copy in Milvus (same vectors, no re-embedding):\n\n"
+        f"SciFact test ({len(dataset.queries)} claims) over {corpus}, the embedded index and its copy in Milvus "
+        "(same vectors, no re-embedding):\n\n"
         + markdown_table(["store", *(f"{m} nDCG@10" for m in MODES)], quality_rows)
         + f"\n\nWarm search latency (ms, retrieval only, query vectors precomputed), {len(queries)} SciFact claims x "
         f"{args.rounds} rounds, the stores taking turns query by query; load average {latency_load}:\n\n"
         + markdown_table(["store", "mode", "p50", "p95"], latency_rows)
-        + f"\n\nOne document upload: the store's write (`StoreWriter.apply`) on a collection of about {args.chunks:,} "
+        + ("" if not cost_rows else f"\n\nOne document upload: the store's write (`StoreWriter.apply`) on a collection of about {args.chunks:,} "
         "passages (SciFact's documents repeated under new ids with their real vectors). The embedded store rebuilds "
         "FAISS and BM25 and writes a new generation on every update; Milvus deletes and inserts that document's rows. "
         "The pipeline's own work (cleaning, chunking, embedding the document) is the same for both and not included. "
         "Seconds (load average at the end of each step):\n\n"
-        + markdown_table(UPLOAD_HEADERS, cost_rows)
+        + markdown_table(UPLOAD_HEADERS, cost_rows))
     )
     write_section("bench_milvus", "Milvus store vs embedded store", body)
     print(body)

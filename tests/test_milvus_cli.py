@@ -127,10 +127,10 @@ def test_migrate_copies_an_index_both_ways_without_embedding(milvus_server, tmp_
         assert done.returncode == 0, done.stderr
         return [(h["chunk_id"], h["start"], h["end"]) for h in json.loads(done.stdout)["results"]]
 
-    for mode in ("hybrid", "dense", "bm25"):
-        expected = search({}, files, mode)
-        assert search({**env, "RAG_STORE__BACKEND": "milvus"}, files, mode) == expected
-        assert search({}, tmp_path / "back", mode) == expected
+    # Hybrid only: each mode's agreement between the backends is test_milvus_store's.
+    expected = search({}, files, "hybrid")
+    assert search({**env, "RAG_STORE__BACKEND": "milvus"}, files, "hybrid") == expected
+    assert search({}, tmp_path / "back", "hybrid") == expected
 
     missing = rag(["migrate", "--to", "milvus", "--index-dir", str(tmp_path / "none")], env, tmp_path)
     assert missing.returncode == 2 and missing.stderr.startswith("error: no index in ")
