@@ -29,7 +29,7 @@ import json
 import os
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from run_all import (
@@ -41,7 +41,6 @@ from run_all import (
     write_section,
 )
 
-from rag.answer.pipeline import AskOptions
 from rag.config import Settings
 from rag.eval.beir import beir_settings, build_beir_index, load_beir
 from rag.eval.evaluation import (
@@ -50,6 +49,7 @@ from rag.eval.evaluation import (
     load_questions,
     write_chart,
 )
+from rag.requests import AskOptions
 from rag.service import RagService
 
 CLAPNQ_DIR = BENCHMARKS_DIR / "clapnq"
@@ -104,7 +104,7 @@ def run(model: str, per_class: int | None, name: str) -> Path:
 
     report = evaluate_questions(service, questions, AskOptions(model=model), progress)
     report["run"] = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": f"bench/bench_clapnq.py --model {model}" + (f" --sample {per_class}" if per_class else ""),
         "seconds": round(time.perf_counter() - clock),
         "load_average_1min": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},

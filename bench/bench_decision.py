@@ -21,7 +21,7 @@ import argparse
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 from bench_clapnq import (
@@ -36,11 +36,11 @@ from run_all import markdown_table, save_figure, write_section
 
 from rag.answer.choice import choice_from_probabilities
 from rag.answer.decision import DECISION_FILE, DecisionModel
-from rag.answer.pipeline import AskOptions
 from rag.config import Settings
 from rag.eval.beir import beir_settings, build_beir_index, load_beir
 from rag.eval.evaluation import EvalQuestion, load_questions
 from rag.llm.generation import first_token_probabilities
+from rag.requests import AskOptions
 from rag.service import RagService
 
 OUT_DIR = RESULTS_DIR / "decision"
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             if n % 10 == 0 or n == len(questions):
                 print(f"  {n}/{len(questions)} probed ({time.perf_counter() - clock:.0f} s)", flush=True)
         probes = {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": f"bench/bench_decision.py --per-class {args.per_class}",
             "seconds": round(time.perf_counter() - clock),
             "load_average_1min": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},

@@ -165,8 +165,7 @@ def damage_row(case: str, damage: Callable[[Path], None], pristine: Path, corpus
         noticed = "**not noticed**"
     except IndexDamagedError as exc:
         noticed = exc.problems[0]
-    settings = Settings(corpus_dir=corpus)
-    settings.index.dir = index_dir
+    settings = Settings().replace(index={"corpus_dir": corpus, "dir": index_dir})
     report = update_index(settings, paths=[corpus], embedder_factory=StandInEmbedder)
     # The warning's last part, without the generation's (random) name.
     recovered = report.rebuilt_because[0].rsplit("; ", 1)[-1].split(" gen-")[0] if report.rebuilt_because else "nothing done"
@@ -184,20 +183,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        seeds = Settings(corpus_dir=ROOT / "seeds")
-        seeds.index.dir = work / "seeds-index"
+        seeds = Settings().replace(index={"corpus_dir": ROOT / "seeds", "dir": work / "seeds-index"})
         seeds_generation = build(seeds, paths=[ROOT / "seeds"])
         # A second generation (one document fewer), so damage can fall back to the previous one.
         corpus = work / "corpus"
         shutil.copytree(ROOT / "seeds", corpus)
-        case_settings = Settings(corpus_dir=corpus)
-        case_settings.index.dir = work / "pristine"
+        case_settings = Settings().replace(index={"corpus_dir": corpus, "dir": work / "pristine"})
         (corpus / "002_be266ad687065662.txt").rename(work / "002.txt")
         build(case_settings, paths=[corpus])
         (work / "002.txt").rename(corpus / "002_be266ad687065662.txt")
         build(case_settings, paths=[corpus])
-        foreign = Settings()
-        foreign.index.dir = work / "foreign"
+        foreign = Settings().replace(index={"dir": work / "foreign"})
         foreign_faiss = build(foreign, paths=[ROOT / "seeds" / "000_c1a45aa062b469e9.txt"]) / "dense.faiss"
 
         scifact = beir_settings(Settings(), work / "scifact-index")

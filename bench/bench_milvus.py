@@ -149,9 +149,7 @@ def upload_only(source: Path, chunks: int) -> None:
     work.mkdir(parents=True)
     server, uri = start_server(work / "data")
     try:
-        settings = Settings()
-        settings.index.dir = work / "scaled-index"
-        settings.store.uri, settings.store.collection = uri, "scaled"
+        settings = Settings().replace(index={"dir": work / "scaled-index"}, store={"uri": uri, "collection": "scaled"})
         rows = upload_cost(settings, source, chunks)
     finally:
         server.terminate()
@@ -186,8 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     WORK.mkdir(parents=True)
     server, uri = start_server(WORK / "data")
     try:
-        settings = beir_settings(Settings(), files_index)
-        settings.store.uri, settings.store.collection = uri, "scifact"
+        settings = beir_settings(Settings(), files_index).replace(store={"uri": uri, "collection": "scifact"})
         clock = time.perf_counter()
         copied = migrate(settings, "milvus")
         print(f"migrated {copied.chunks} passages in {time.perf_counter() - clock:.1f}s (load {load()})", flush=True)
@@ -213,9 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         latency_load = f"{before} -> {load()}"
         print(latency_rows, flush=True)
 
-        upload_settings = backend_settings(settings, "faiss").model_copy(
-            update={"index": settings.index.model_copy(update={"dir": WORK / "scaled-index"})})
-        upload_settings.store.collection = "scaled"
+        upload_settings = settings.replace(index={"dir": WORK / "scaled-index"}, store={"collection": "scaled"})
         cost_rows = upload_cost(upload_settings, files_index, args.chunks) if args.chunks else []
     finally:
         server.terminate()

@@ -11,7 +11,7 @@ import platform
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -99,7 +99,7 @@ def save_figure(fig, title: str, path: Path) -> None:
 
 def write_section(name: str, title: str, body: str) -> None:
     """Replace (or append) this benchmark's section of RESULTS.md, dated and with machine facts."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- bench:{name} -->\n## {title}\n\n"
         f"Run {stamp} by `bench/{name}.py`. Machine: {machine_facts()}.\n\n{body.strip()}\n<!-- /bench:{name} -->"

@@ -30,9 +30,18 @@ from rich.progress import (
 from rich.table import Table
 from typer.exceptions import TyperException
 
-from rag.config import SearchMode, Settings, load_settings
+from rag.config import SEARCH_MODES, Settings, load_settings
 from rag.errors import BadInputError, RagError
 from rag.ingest.pipeline import EmbedProgress, IndexReport
+from rag.jsonl import read_json_lines
+from rag.requests import (
+    AskOptions,
+    AskRequest,
+    CheckRequest,
+    Request,
+    SearchRequest,
+    make_request,
+)
 
 app = typer.Typer(
     help="Questions answered with citations you can check.",
@@ -43,14 +52,31 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
+def _version(given: bool) -> None:
+    if given:
+        from rag import __version__
+
+        out.print(f"cited-rag {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Questions answered with citations you can check."""
+
+
 IndexDirOption = Annotated[Optional[Path], typer.Option("--index-dir", help="Index folder (default: settings, ./index).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of human output.")]
 
 
-def _settings(index_dir: Path | None) -> Settings:
-    settings = load_settings()
-    if index_dir is not None:
-        settings.index.dir = index_dir
+def _settings(index_dir: Path | None, **flags: dict[str, object]) -> Settings:
+    """The settings, with the command-line flags given (not None) over rag.toml and RAG_*:
+    `flags` maps a section to its settings, `server={"port": port}`."""
+    flags = {**flags, "index": {"dir": index_dir, **flags.get("index", {})}}
+    overrides = {section: given for section, values in flags.items() if (given := {k: v for k, v in values.items() if v is not None})}
+    settings = load_settings(**overrides)
     if settings.index.dir.is_file():
         source = "--index-dir" if index_dir is not None else "setting index.dir"
         raise BadInputError(f"{source} {settings.index.dir} is a file, not an index folder")
@@ -143,7 +169,7 @@ def index(
     """Index documents: new and changed ones are embedded, deleted ones dropped."""
     service = _service(index_dir)
     with _embed_progress(service.settings.index.progress_every_s) as update:
-        report = service.update(paths=paths or [service.settings.corpus_dir], rebuild=rebuild, progress=update)
+        report = service.update(paths=paths or [service.settings.index.corpus_dir], rebuild=rebuild, progress=update)
     _print_json(_report_json(report)) if as_json else _print_report(report)
 
 
@@ -153,8 +179,11 @@ def remove(
     index_dir: IndexDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove documents from the index (the files stay where they are)."""
-    report = _service(index_dir).update(remove=doc_ids)
+    """Remove documents from the index, and their files from the corpus folder.
+
+    A file left in the corpus folder would be indexed again; files indexed from elsewhere
+    stay where they are."""
+    report = _service(index_dir).delete_documents(doc_ids)
     _print_json(_report_json(report)) if as_json else _print_report(report)
 
 
@@ -203,18 +232,39 @@ def doctor(index_dir: IndexDirOption = None) -> None:
         raise SystemExit(1)
 
 
+@app.command(name="config")
+def show_config(index_dir: IndexDirOption = None, as_json: JsonOption = False) -> None:
+    """Print the effective settings and where each value came from.
+
+    Sources, first wins: flag, RAG_* variable, rag.toml, default. Keys are not shown."""
+    from rag.config import setting_description, setting_sources
+
+    flags = {"index": {"dir": index_dir}} if index_dir is not None else {}
+    rows = [
+        (name, f"{len(value)} key(s)" if name.endswith("_keys") and value else value, source)
+        for name, value, source in setting_sources(_settings(index_dir), flags)
+    ]
+    if as_json:
+        _print_json({name: {"value": value, "from": source, "description": setting_description(name)} for name, value, source in rows})
+        return
+    table = Table("setting", "value", "from")
+    for name, value, source in rows:
+        table.add_row(name, escape(str(value)), source if source == "default" else f"[bold]{escape(source)}[/]")
+    out.print(table)
+
+
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="A question or keywords.")],
-    k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="Number of passages.")] = 5,
-    mode: Annotated[str, typer.Option("--mode", help="hybrid, dense or bm25.")] = "hybrid",
+    k: Annotated[Optional[int], typer.Option("--k", "-k", help="Number of passages (default: setting retrieval.k).")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="hybrid, dense or bm25 (default: setting retrieval.mode).")] = None,
     doc: Annotated[Optional[list[str]], typer.Option("--doc", help="Only search this document (repeatable).")] = None,
     index_dir: IndexDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Find the passages most relevant to a question."""
     service = _service(index_dir)
-    response = service.search(query, k=k, mode=_mode(mode), doc_ids=doc)
+    response = service.search(_request(SearchRequest, query=query, k=k, mode=mode, doc_ids=doc))
     stale = service.changed_on_disk()
     if stale:
         err.print(f"[yellow]warning:[/] {len(stale)} indexed document(s) changed on disk since indexing "
@@ -235,35 +285,34 @@ def search(
 def ask(
     question: Annotated[Optional[str], typer.Argument(help="The question. Omit it with --file.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", help="Answer every question in this file: one per line, or JSON Lines with a `question` field.")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, max=50, help="Passages searched for evidence sentences.")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="Retrieval: hybrid, dense or bm25.")] = "hybrid",
+    k: Annotated[Optional[int], typer.Option("--k", "-k", help="Passages searched for evidence sentences (default: setting evidence.passages).")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="Retrieval: hybrid, dense or bm25 (default: setting retrieval.mode).")] = None,
     doc: Annotated[Optional[list[str]], typer.Option("--doc", help="Only use this document (repeatable).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="litellm model string, or `extractive` (no LLM). Default: the embedded local model.")] = None,
     api_base: Annotated[Optional[str], typer.Option("--api-base", help="Base URL of an OpenAI-compatible server.")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", min=0, max=2)] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, max=8192)] = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, help="Seconds to wait for the model before falling back.")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Default: setting answer.temperature.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Default: setting answer.max_tokens.")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds to wait for the model before falling back (default: setting answer.timeout_s).")] = None,
     index_dir: IndexDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Answer a question with citations, each checked against the passage it cites."""
-    from rag.answer.pipeline import AskOptions
-
     if (question is None) == (file is None):
         raise BadInputError("give either a question or --file QUESTIONS")
-    service = _service(index_dir)
-    options = AskOptions(
-        k=k, mode=_mode(mode), doc_ids=doc, model=model, api_base=api_base,
+    options = _request(
+        AskOptions, k=k, mode=mode, doc_ids=doc, model=model, api_base=api_base,
         temperature=temperature, max_tokens=max_tokens, timeout_s=timeout,
     )
+    service = _service(index_dir)
     if file is not None:
         _ask_batch(service, file, options, as_json)
         return
+    request = AskRequest(question=question, **options.model_dump())
     if as_json:
-        _print_json(service.ask(question, options).model_dump())
+        _print_json(service.ask(request).model_dump())
         return
     streamed = False
-    for event in service.ask_stream(question, options):
+    for event in service.ask_stream(request):
         if event.kind == "token":
             out.print(escape(event.text), end="", soft_wrap=True, highlight=False)
             streamed = True
@@ -284,7 +333,7 @@ def check(
     """Check each cited sentence of an answer against the passage it cites."""
     from pydantic import ValidationError
 
-    from rag.verify.checker import CheckRequest
+
 
     if (file is None) == (claim is None):
         raise BadInputError("give a JSON file (or - for stdin), or --claim TEXT")
@@ -327,28 +376,13 @@ def _read_limited(file: str, limit: int) -> str:
 
 
 def _questions(file: Path) -> list[str]:
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise BadInputError(f"no such file: {file}") from None
-    except UnicodeDecodeError:
-        raise BadInputError(f"{file} is not UTF-8 text") from None
-    except OSError as exc:
-        raise BadInputError(f"cannot read {file}: {exc.strerror}") from None
+    """One question per line, or JSON Lines records with a `question` field."""
     questions = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise BadInputError(f"{file}:{number}: not valid JSON") from None
-            if not isinstance(record.get("question"), str):
-                raise BadInputError(f"{file}:{number}: no `question` text field")
-            questions.append(record["question"])
-        else:
-            questions.append(line)
+    for number, _, record in read_json_lines(file, plain_text=True):
+        question = record.get("question") if isinstance(record, dict) else record
+        if not isinstance(question, str):
+            raise BadInputError(f"{file}:{number}: no `question` text field")
+        questions.append(question)
     if not questions:
         raise BadInputError(f"{file} holds no questions")
     return questions
@@ -360,7 +394,7 @@ def _ask_batch(service, file: Path, options, as_json: bool) -> None:
     failures = 0
     for question in questions:
         try:
-            response = service.ask(question, options)
+            response = service.ask(AskRequest(question=question, **options.model_dump()))
         except BadInputError as exc:
             failures += 1
             if as_json:
@@ -442,9 +476,7 @@ def evaluate(
         return
     questions = evaluation.load_questions(Path(target))[:limit]
     service = _service(index_dir)
-    from rag.answer.pipeline import AskOptions
-
-    options = AskOptions(k=k, mode=_mode(mode) if mode else None, model=model)
+    options = _request(AskOptions, k=k, mode=mode, model=model)
     progress = _progress_bar("Answering")
     task = progress.add_task("eval", total=len(questions))
     with progress:
@@ -484,10 +516,9 @@ def _print_metrics(reports: dict[str, dict]) -> None:
 
 def _evaluate_beir(dataset: Path, mode: str | None, index_dir: Path | None, as_json: bool, split: str = "test") -> None:
     from rag.eval.beir import evaluate_beir
-    from rag.retrieve.retriever import MODES
 
     settings = _settings(index_dir)
-    modes = [_mode(mode)] if mode else list(MODES)
+    modes = [_request(SearchRequest, query="-", mode=mode).mode] if mode else list(SEARCH_MODES)
     progress = _progress_bar()
     tasks: dict[str, int] = {}
 
@@ -518,13 +549,10 @@ def serve(
     """Serve the web interface and the HTTP API on one port, indexing the corpus first."""
     from rag.serve.access import is_loopback, load_keys
 
-    settings = _settings(index_dir)
-    if corpus is not None:
-        settings.corpus_dir = corpus
-    if not settings.corpus_dir.is_dir():
-        raise BadInputError(f"no such corpus folder: {settings.corpus_dir}")
-    host = host or settings.server.host
-    port = settings.server.port if port is None else port
+    settings = _settings(index_dir, index={"corpus_dir": corpus}, server={"host": host, "port": port})
+    if not settings.index.corpus_dir.is_dir():
+        raise BadInputError(f"no such corpus folder: {settings.index.corpus_dir}")
+    host, port = settings.server.host, settings.server.port
     # Before binding anything, and before minutes of loading, not after.
     if not load_keys(settings.server).enabled and not is_loopback(host) and not allow_unauthenticated:
         raise BadInputError(
@@ -536,7 +564,7 @@ def serve(
 
     service = RagService(settings)
     with _embed_progress(settings.index.progress_every_s) as update:
-        _print_report(service.update(paths=[settings.corpus_dir], progress=update))
+        _print_report(service.update(paths=[settings.index.corpus_dir], progress=update))
     import uvicorn
 
     from rag.serve.app import create_app
@@ -556,10 +584,16 @@ def _check_can_listen(host: str, port: int) -> None:
         raise BadInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another --port or --host)") from None
 
 
-def _mode(mode: str) -> SearchMode:
-    if mode not in ("hybrid", "dense", "bm25"):
-        raise BadInputError(f"unknown search mode '{mode}' (use hybrid, dense or bm25)")
-    return mode  # type: ignore[return-value]
+# Request fields whose command-line option has another name.
+OPTION_NAMES = {"doc_ids": "doc", "timeout_s": "timeout"}
+
+
+def _request(kind: type[Request], **fields: object) -> Request:
+    """A request from the command-line values given; a bad one is one line naming the option."""
+    def option(field: str) -> str:
+        return "--" + OPTION_NAMES.get(field, field).replace("_", "-")
+
+    return make_request(kind, {name: value for name, value in fields.items() if value is not None}, option)
 
 
 class _OneLineWarnings(logging.Handler):

@@ -1,4 +1,4 @@
-"""Typed records passed between pipeline stages, and the JSON shapes of DESIGN.md."""
+"""Typed records passed between pipeline stages, and the JSON shapes the CLI and API print (README)."""
 
 from __future__ import annotations
 

@@ -7,14 +7,13 @@ import hashlib
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from rag.answer.conversation import Turn, standalone_question
-from rag.answer.pipeline import Answerer, AnswerEvent, AskOptions
-from rag.config import SearchMode, Settings, load_settings
+from rag.answer.pipeline import Answerer, AnswerEvent
+from rag.config import Settings, load_settings
 from rag.embed.encoder import Embedder
 from rag.errors import (
     BadInputError,
@@ -23,21 +22,38 @@ from rag.errors import (
 )
 from rag.ingest.loading import SUPPORTED_SUFFIXES, LoadReport, load_file
 from rag.ingest.pipeline import EmbedProgress, IndexReport, update_index
+from rag.requests import AskRequest, CheckRequest, SearchRequest, make_request
 from rag.retrieve.retriever import Retriever
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
 from rag.stores import open_store
 from rag.stores.base import Store
 from rag.text.words import is_unicode_text
-from rag.verify.checker import Checker, CheckReport, CheckRequest
+from rag.verify.checker import Checker, CheckReport
 
 
 class RagService:
+    """The library's front door: index documents, search them, answer questions with checked
+    citations, check another system's citations. Models and the index load on first use.
+
+    Use it as a context manager (or call `close`) so that what it started, such as the
+    embedded model's server, stops with it."""
+
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load_settings()
         self._lock = threading.Lock()
         self._store: Store | None = None
         self._retriever: Retriever | None = None
         self._answerer: Answerer | None = None
+
+    def __enter__(self) -> RagService:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the loaded index and models."""
+        self._reset()
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -65,28 +81,18 @@ class RagService:
             self._answerer = Answerer(retriever, self.embedder, self.settings)
         return self._answerer
 
-    def ask(self, question: str, options: AskOptions | None = None, history: list[Turn] | None = None) -> AnswerResponse:
-        for event in self.ask_stream(question, options, history):
+    def ask(self, request: AskRequest | str, **options: Any) -> AnswerResponse:
+        """A cited answer. `request`: an AskRequest, or the question with AskRequest's other
+        fields as keywords (`service.ask("Who?", model="extractive")`)."""
+        for event in self.ask_stream(request, **options):
             if event.response is not None:
                 return event.response
         raise AssertionError("answer stream ended without a result")
 
-    def ask_stream(
-        self, question: str, options: AskOptions | None = None, history: list[Turn] | None = None
-    ) -> Iterator[AnswerEvent]:
-        """Answer events; a follow-up (with `history`) is first rewritten into a standalone question."""
-        options = options or AskOptions()
-        model = options.model or self.settings.answer.model
-        started = time.perf_counter()
-        query = standalone_question(question, history or [], model, self.settings, options.api_base)
-        rewrite_ms = round((time.perf_counter() - started) * 1000, 1)
-        for event in self.answerer.stream(query, options):
-            if event.response is not None and query != question:
-                event.response.rewritten_question = query
-                event.response.question = question
-                event.response.timings_ms = {"rewrite": rewrite_ms, **event.response.timings_ms}
-                event.response.timings_ms["total"] += rewrite_ms
-            yield event
+    def ask_stream(self, request: AskRequest | str, **options: Any) -> Iterator[AnswerEvent]:
+        """The answer as events: the passages found, the answer's text as it is written, then
+        the verified response. Arguments as for `ask`."""
+        return self.answerer.stream(make_request(AskRequest, {"question": request, **options}) if isinstance(request, str) else request)
 
     def check(self, request: CheckRequest) -> CheckReport:
         limit = self.settings.verification.max_check_chars
@@ -117,10 +123,11 @@ class RagService:
             self._reset()
         return report
 
-    def search(
-        self, query: str, k: int | None = None, mode: SearchMode | None = None, doc_ids: list[str] | None = None
-    ) -> SearchResponse:
-        return self.retriever.search(query, k=k, mode=mode, doc_ids=doc_ids)
+    def search(self, request: SearchRequest | str, **options: Any) -> SearchResponse:
+        """The passages most relevant to a query. `request`: a SearchRequest, or the query with
+        SearchRequest's other fields as keywords (`service.search("border guard", k=3)`)."""
+        request = make_request(SearchRequest, {"query": request, **options}) if isinstance(request, str) else request
+        return self.retriever.search(request.query, k=request.k, mode=request.mode, doc_ids=request.doc_ids)
 
     def documents(self) -> list[DocumentInfo]:
         store = self.store
@@ -146,7 +153,7 @@ class RagService:
         limit = self.settings.server.max_upload_bytes
         if len(data) > limit:
             raise PayloadTooLargeError(f"{name} is {len(data):,} bytes; the limit is {limit:,}")
-        corpus = self.settings.corpus_dir
+        corpus = self.settings.index.corpus_dir
         corpus.mkdir(parents=True, exist_ok=True)
         target = corpus / name
         # Hidden name: folder indexing skips dot-files, so a half-written upload is never indexed.
@@ -171,14 +178,17 @@ class RagService:
                 target.unlink(missing_ok=True)
             raise
 
-    def delete_document(self, doc_id: str) -> IndexReport:
-        """Drop a document from the index and, when it lives in the corpus folder, delete its
-        file too (else the next indexing of the folder would bring it back)."""
-        doc = self.document(doc_id)
-        report = self.update(remove=[doc_id])
-        path = Path(doc.path).resolve()
-        if path.is_relative_to(self.settings.corpus_dir.resolve()):
-            path.unlink(missing_ok=True)
+    def delete_documents(self, doc_ids: list[str]) -> IndexReport:
+        """Drop documents from the index and delete the files of those that live in the corpus
+        folder: the index mirrors that folder, so a file left there would come back at the next
+        `rag index`. Files indexed from elsewhere are left alone."""
+        docs = [self.document(doc_id) for doc_id in doc_ids]
+        report = self.update(remove=doc_ids)
+        corpus = self.settings.index.corpus_dir.resolve()
+        for doc in docs:
+            path = Path(doc.path).resolve()
+            if path.is_relative_to(corpus):
+                path.unlink(missing_ok=True)
         return report
 
     def changed_on_disk(self) -> list[str]:

@@ -14,6 +14,11 @@ import httpx
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests see the default settings, whatever rag.toml or RAG_* variables the machine has; a test
+# that needs a setting passes it (and subprocesses inherit this clean environment).
+for _name in [name for name in os.environ if name.startswith("RAG_")]:
+    del os.environ[_name]
+os.environ["RAG_CONFIG"] = os.devnull
 
 from rag.config import Settings  # noqa: E402
 from rag.embed.encoder import Embedder  # noqa: E402
@@ -44,10 +49,10 @@ def corpus(tmp_path: Path) -> Path:
     return target
 
 
-def make_settings(index_dir: Path, corpus_dir: Path = SEEDS, **overrides) -> Settings:
-    settings = Settings(corpus_dir=corpus_dir, **overrides)
-    settings.index.dir = index_dir
-    return settings
+def make_settings(index_dir: Path, corpus_dir: Path = SEEDS, **sections: dict) -> Settings:
+    """Settings for a test: defaults (the user's rag.toml and RAG_* do not apply, see above),
+    this index and corpus, and `sections` as `Settings.replace` takes them."""
+    return Settings().replace(index={"dir": index_dir, "corpus_dir": corpus_dir, **sections.pop("index", {})}, **sections)
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +143,16 @@ ADMIN_KEY = "admin-key-" + "a" * 24
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The server with a read-only and an admin key."""
     yield from serve(tmp_path_factory, {"RAG_SERVER__API_KEYS": READ_KEY, "RAG_SERVER__ADMIN_KEYS": ADMIN_KEY})
+
+
+# Fixtures that load a real model: a test using one is slow, whatever its marks say.
+REAL_MODEL_FIXTURES = {"embedder", "int8_embedder", "seed_service", "variant_service", "live_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass

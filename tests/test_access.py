@@ -40,9 +40,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 def service_with(seed_service, embedder, **server: object):
     """A service over the seed index (read only) with these server settings."""
-    settings = make_settings(seed_service.settings.index.dir)
-    settings.server = settings.server.model_copy(update=server)
-    return make_service(settings, embedder)
+    return make_service(make_settings(seed_service.settings.index.dir, server=server), embedder)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +56,8 @@ def keyed(seed_service, embedder):
 @pytest.fixture(scope="module")
 def open_api(seed_service, embedder):
     """The API without keys, as on loopback by default."""
-    service = service_with(seed_service, embedder, max_body_bytes=50_000)
-    service.settings.verification.max_check_chars = 300
+    settings = make_settings(seed_service.settings.index.dir, server={"max_body_bytes": 50_000}, verification={"max_check_chars": 300})
+    service = make_service(settings, embedder)
     with TestClient(create_api(service)) as client:
         yield client
 
@@ -276,14 +274,12 @@ def test_keys_come_from_settings_the_environment_and_a_key_file(tmp_path, monkey
     assert settings.server.api_keys == [READ_KEY, "second-read-key-0000000000"] and settings.server.admin_keys == [ADMIN_KEY]
     key_file = tmp_path / "keys"
     key_file.write_text("# readers\nfile-read-key-00000000000\n\nadmin: file-admin-key-000000000\n")
-    settings.server.api_key_file = key_file
-    keys = load_keys(settings.server)
+    keys = load_keys(settings.replace(server={"api_key_file": key_file}).server)
     roles = {key: keys.key_role(key) for key in (READ_KEY, ADMIN_KEY, "file-read-key-00000000000", "file-admin-key-000000000")}
     assert [role.name for role in roles.values()] == ["READ", "ADMIN", "READ", "ADMIN"]
     assert keys.key_role("file-read-key-0000000000") is None and keys.key_role("") is None
-    settings.server.api_keys = ["short"]
     with pytest.raises(BadInputError, match="at least 16"):
-        load_keys(settings.server)
+        load_keys(settings.replace(server={"api_keys": ["short"]}).server)
 
 
 # --------------------------------------------------------------------------- the real command

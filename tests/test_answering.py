@@ -7,9 +7,10 @@ import threading
 import pytest
 
 from rag.answer import pipeline as answering
-from rag.answer.pipeline import AskOptions, adds_to_question
+from rag.answer.pipeline import adds_to_question
 from rag.answer.prompts import answer_messages, choice_messages
 from rag.errors import BadInputError
+from rag.requests import AskOptions
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def prompt_passages(service, question: str = CELLS) -> list:
 
 
 def test_extractive_answer_cites_verbatim_supported_span(seed_service) -> None:
-    response = seed_service.ask(CELLS, AskOptions(model="extractive"))
+    response = seed_service.ask(CELLS, model="extractive")
     assert not response.abstained and "529" in response.answer
     assert response.citations and all(c.supported for c in response.citations)
     assert any("529 commune-level" in c.text for c in response.citations)
@@ -60,14 +61,14 @@ def test_extractive_answer_cites_verbatim_supported_span(seed_service) -> None:
 
 
 def test_off_topic_question_abstains(seed_service) -> None:
-    response = seed_service.ask("How do I bake sourdough bread at home?", AskOptions(model="extractive"))
+    response = seed_service.ask("How do I bake sourdough bread at home?", model="extractive")
     assert response.abstained and response.citations == [] and "do not contain" in response.answer
 
 
 def test_answer_from_documents_that_never_name_the_questions_subject_is_withheld(seed_service) -> None:
     # Only the Gia Lai article names Gia Lai (in its source URL); the cells figure is Military Region 2's.
     question = "How many commune-level military party cells did the Gia Lai Provincial Military Party Committee establish?"
-    response = seed_service.ask(question, AskOptions(model="extractive"))
+    response = seed_service.ask(question, model="extractive")
     assert response.abstained and response.citations == []
     assert "never mention Gia Lai" in response.notice and "529" not in response.notice + response.answer
 
@@ -81,7 +82,7 @@ def test_markers_are_renumbered_checked_and_flagged(seed_service, scripted) -> N
         f"It also built 40 new airports [{other}][9]. "
         "Officials planted twelve thousand orange trees along the riverside villages."
     )
-    response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
+    response = seed_service.ask(CELLS, model="openai/scripted")
     assert not response.abstained
     first, second, third = response.sentences
     assert first.status == "supported" and second.status == "unsupported" and third.status == "uncited"
@@ -95,7 +96,7 @@ def test_markers_are_renumbered_checked_and_flagged(seed_service, scripted) -> N
 
 def test_prompt_numbers_passages_and_keeps_them_short(seed_service, scripted) -> None:
     scripted("NOT_FOUND")
-    response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
+    response = seed_service.ask(CELLS, model="openai/scripted")
     system, *examples, user = scripted.calls[0]
     passages = len(prompt_passages(seed_service))
     assert f"[{passages}]" in user["content"] and f"[{passages + 1}]" not in user["content"]
@@ -118,7 +119,7 @@ def test_prompt_prefix_is_the_same_for_every_question() -> None:
 
 def test_answer_that_only_repeats_the_question_is_withheld(seed_service, scripted) -> None:
     scripted("Military Region 2 established commune-level military party cells [1].")
-    response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
+    response = seed_service.ask(CELLS, model="openai/scripted")
     assert response.abstained and "only repeats the question" in response.notice
 
 
@@ -130,7 +131,7 @@ def test_a_bare_number_or_name_adds_to_the_question() -> None:
 
 def test_unsupported_answer_is_withheld(seed_service, scripted) -> None:
     scripted("The committee built three hospitals and a railway in 2019 [1].")
-    response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
+    response = seed_service.ask(CELLS, model="openai/scripted")
     assert response.abstained and "withheld" in response.notice
     # A withheld answer is never shown, not even as a draft.
     assert "railway" not in response.model_dump_json()
@@ -141,7 +142,7 @@ def test_unreachable_model_falls_back_to_extractive_with_notice(seed_service) ->
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: connections are refused
     response = seed_service.ask(
-        CELLS, AskOptions(model="openai/anything", api_base=f"http://127.0.0.1:{port}/v1", timeout_s=5)
+        CELLS, model="openai/anything", api_base=f"http://127.0.0.1:{port}/v1", timeout_s=5
     )
     assert response.model == "extractive" and "extractive answer" in response.notice
     assert "529" in response.answer and all(c.supported for c in response.citations)
@@ -156,7 +157,7 @@ def test_model_that_hangs_times_out_and_falls_back(seed_service) -> None:
     try:
         response = seed_service.ask(
             CELLS,
-            AskOptions(model="openai/slow", api_base=f"http://127.0.0.1:{server.getsockname()[1]}/v1", timeout_s=1.5),
+            model="openai/slow", api_base=f"http://127.0.0.1:{server.getsockname()[1]}/v1", timeout_s=1.5,
         )
     finally:
         server.close()
@@ -165,7 +166,7 @@ def test_model_that_hangs_times_out_and_falls_back(seed_service) -> None:
 
 def test_unknown_model_is_bad_input(seed_service) -> None:
     with pytest.raises(BadInputError, match="unknown model 'nosuchprovider/x'"):
-        seed_service.ask(CELLS, AskOptions(model="nosuchprovider/x"))
+        seed_service.ask(CELLS, model="nosuchprovider/x")
 
 
 def test_wrong_or_missing_citations_are_pointed_at_the_passage_that_states_the_claim(seed_service, scripted) -> None:
@@ -176,7 +177,7 @@ def test_wrong_or_missing_citations_are_pointed_at_the_passage_that_states_the_c
         f"The Party Committee established 529 commune-level military party cells [{wrong}]. "
         "The cells were set up when local military agencies were reorganized."
     )
-    response = seed_service.ask(CELLS, AskOptions(model="openai/scripted"))
+    response = seed_service.ask(CELLS, model="openai/scripted")
     corrected, added = response.citations
     assert corrected.origin == "corrected" and corrected.passage == cells and corrected.supported
     assert f"[{wrong}]" in corrected.reason
@@ -188,7 +189,7 @@ def test_wrong_or_missing_citations_are_pointed_at_the_passage_that_states_the_c
 
 def test_a_decline_is_never_streamed(seed_service, scripted) -> None:
     scripted(" NOT_FOUND")
-    events = list(seed_service.ask_stream(CELLS, AskOptions(model="openai/scripted")))
+    events = list(seed_service.ask_stream(CELLS, model="openai/scripted"))
     response = events[-1].response
     assert response.abstained and len(scripted.calls) == 1
     assert not [e for e in events if e.kind == "token"], "the decline sentinel is never streamed"
@@ -218,7 +219,7 @@ def chosen_labels(service, question: str, *needles: str) -> list[str]:
 def test_the_chosen_sentence_is_the_answer_verbatim_with_its_confidence(seed_service, scripted_choice) -> None:
     [cells] = chosen_labels(seed_service, CELLS, "529 commune-level")
     scripted_choice({cells: 0.9, "0": 0.05})
-    events = list(seed_service.ask_stream(CELLS, AskOptions(model="local/scripted")))
+    events = list(seed_service.ask_stream(CELLS, model="local/scripted"))
     response = events[-1].response
     system, *_, user = scripted_choice.calls[0]
     assert "reply 0" in system["content"] and f"[{cells}]" in user["content"]
@@ -233,7 +234,7 @@ def test_the_chosen_sentence_is_the_answer_verbatim_with_its_confidence(seed_ser
 def test_an_unsure_choice_is_withheld_with_its_confidence(seed_service, scripted_choice) -> None:
     [cells] = chosen_labels(seed_service, CELLS, "529 commune-level")
     scripted_choice({cells: 0.02, "0": 0.98})
-    response = seed_service.ask(CELLS, AskOptions(model="local/scripted"))
+    response = seed_service.ask(CELLS, model="local/scripted")
     assert response.abstained and response.citations == [] and "not likely enough" in response.notice
     assert response.confidence < answering.load_decision_model().threshold
     assert "529" not in response.notice
@@ -252,7 +253,7 @@ def test_two_sentences_from_two_documents_answer_a_multi_document_question(seed_
         if passages[s.passage].doc_id != passages[evidence[cells - 1].passage].doc_id
     )
     scripted_choice({str(cells): 0.5, str(other): 0.45, "0": 0.01})
-    response = seed_service.ask(question, AskOptions(model="local/scripted"))
+    response = seed_service.ask(question, model="local/scripted")
     assert not response.abstained and len(response.sentences) == 2
     # Both chosen sentences, verbatim, in the order of the decision's confidence.
     shown = {" ".join(evidence[n - 1].text.split())[:40] for n in (cells, other)}
@@ -263,7 +264,7 @@ def test_two_sentences_from_two_documents_answer_a_multi_document_question(seed_
 
 def test_a_choice_of_none_declines(seed_service, scripted_choice) -> None:
     scripted_choice({"0": 0.99, "The": 0.01})
-    response = seed_service.ask(CELLS, AskOptions(model="local/scripted"))
+    response = seed_service.ask(CELLS, model="local/scripted")
     assert response.abstained and "found no answer" in response.notice
 
 
@@ -271,7 +272,7 @@ def test_a_provider_without_token_probabilities_chooses_by_the_label_it_writes(s
     [cells] = chosen_labels(seed_service, CELLS, "529 commune-level")
     monkeypatch.setattr(answering, "first_token_probabilities", lambda messages, **kwargs: {})
     scripted(f"[{cells}]")
-    response = seed_service.ask(CELLS, AskOptions(model="local/scripted"))
+    response = seed_service.ask(CELLS, model="local/scripted")
     assert "reply 0" in scripted.calls[0][0]["content"], "the choice prompt, not the free-form one"
     assert not response.abstained and "529 commune-level" in response.answer
     assert response.evidence[int(cells) - 1].probability == 1.0

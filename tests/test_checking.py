@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import SEEDS
 
-from rag.verify.checker import CheckRequest, GivenCitation
+from rag.requests import CheckRequest, GivenCitation
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_claim_without_source_is_checked_against_the_best_evidence(seed_service)
 
 
 def test_cli_reads_ask_json_from_stdin(tmp_path, seed_service) -> None:
-    response = seed_service.ask("How many commune-level military party cells were established?", None)
+    response = seed_service.ask("How many commune-level military party cells were established?")
     payload = json.dumps(response.model_dump())
     result = subprocess.run(
         [sys.executable, "-m", "rag.cli", "check", "-", "--json", "--index-dir", str(seed_service.settings.index.dir)],

@@ -16,7 +16,9 @@ RAG = [sys.executable, "-m", "rag.cli"]
 
 
 def rag(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120", **(env or {})}
+    # Without RAG_CONFIG (conftest points it at nothing), so a test's own rag.toml in `cwd` is read.
+    inherited = {name: value for name, value in os.environ.items() if name != "RAG_CONFIG"}
+    env = {**inherited, "HF_HUB_OFFLINE": "1", "COLUMNS": "120", **(env or {})}
     env.pop("RAG_DEBUG", None)
     return subprocess.run([*RAG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -67,11 +69,11 @@ def test_human_output_and_filters(workdir) -> None:
     [
         (("search", ""), "the question is empty"),
         (("search", "x" * 3000), "limit"),
-        (("search", "border", "--mode", "fuzzy"), "unknown search mode"),
+        (("search", "border", "--mode", "fuzzy"), "--mode: Input should be 'hybrid', 'dense' or 'bm25'"),
         (("search", "border", "--k", "0"), "--k"),
         (("search", "border", "--doc", "missing.txt"), "unknown document"),
         (("index", "/no/such/folder"), "no such file or folder"),
-        (("remove", "missing.txt"), "no document 'missing.txt'"),
+        (("remove", "missing.txt"), "unknown document: missing.txt"),
         (("search", "border", "--index-dir", "nowhere"), "run `rag index` first"),
     ],
 )
@@ -94,11 +96,13 @@ def test_unreadable_files_are_skipped_with_warning(workdir, tmp_path) -> None:
     assert "Indexed 1 documents" in result.stdout
 
 
-def test_remove_then_search_never_returns_it(workdir, tmp_path) -> None:
-    index_dir = str(tmp_path / "idx")
-    assert rag("index", str(workdir / "seeds"), "--index-dir", index_dir, cwd=workdir).returncode == 0
-    assert rag("remove", "000_c1a45aa062b469e9.txt", "--index-dir", index_dir, cwd=workdir).returncode == 0
-    payload = json.loads(rag("search", "529 commune-level military party cells", "--k", "50", "--json", "--index-dir", index_dir, cwd=workdir).stdout)
+def test_remove_deletes_the_corpus_file_so_the_next_index_does_not_bring_it_back(tmp_path) -> None:
+    shutil.copytree(SEEDS, tmp_path / "seeds")  # the corpus folder of a project in tmp_path
+    assert rag("index", cwd=tmp_path).returncode == 0
+    assert rag("remove", "000_c1a45aa062b469e9.txt", cwd=tmp_path).returncode == 0
+    assert not (tmp_path / "seeds" / "000_c1a45aa062b469e9.txt").exists()
+    assert "is up to date: 4 documents" in rag("index", cwd=tmp_path).stdout
+    payload = json.loads(rag("search", "529 commune-level military party cells", "--k", "50", "--json", cwd=tmp_path).stdout)
     assert all(h["doc_id"] != "000_c1a45aa062b469e9.txt" for h in payload["results"])
 
 

@@ -38,9 +38,7 @@ def test_package_files_are_checked_against_their_record(tmp_path, monkeypatch) -
 
 
 def settings_with(**local_llm) -> Settings:
-    settings = Settings()
-    settings.local_llm = settings.local_llm.model_copy(update=local_llm)
-    return settings
+    return Settings().replace(local_llm=local_llm)
 
 
 @pytest.mark.parametrize(("content", "healthy"), [(b"GGUF\x03\x00\x00\x00rest", True), (b"<html>not a model", False)])
@@ -63,14 +61,12 @@ def test_a_corrupt_bundled_gguf_is_reported_and_loses_its_mark(tmp_path) -> None
 
 
 def test_a_remote_answer_model_has_no_files_to_check() -> None:
-    settings = Settings()
-    settings.answer.model = "openai/gpt-4o-mini"
+    settings = Settings().replace(answer={"model": "openai/gpt-4o-mini"})
     assert check_answer_model(settings).problems == []
 
 
 def test_index_check_names_a_missing_index_and_a_dangling_pointer(tmp_path) -> None:
-    settings = Settings()
-    settings.index.dir = tmp_path / "index"
+    settings = Settings().replace(index={"dir": tmp_path / "index"})
     assert "no index in" in check_index(settings).problems[0]
     settings.index.dir.mkdir()
     (settings.index.dir / "CURRENT").write_text("gen-20260101T000000-deadbeef")

@@ -8,7 +8,6 @@ import math
 import pytest
 from conftest import ROOT
 
-from rag.answer.pipeline import AskOptions
 from rag.config import Settings
 from rag.errors import BadInputError
 from rag.eval.beir import score_run
@@ -23,6 +22,7 @@ from rag.eval.evaluation import (
     token_recall,
     verifier_entails,
 )
+from rag.requests import AskOptions
 from rag.verify.verifier import Verifier
 
 

@@ -76,9 +76,7 @@ def test_remove_drops_a_document_and_promotes_its_copies(tmp_path, embedder) -> 
 def test_changed_settings_are_refused_at_search_and_rebuilt_by_index(tmp_path, embedder) -> None:
     settings = make_settings(tmp_path / "index")
     make_service(settings, embedder).update(paths=[SEEDS])
-    changed = make_settings(tmp_path / "index")
-    changed.chunking.max_words = 120
-    changed.chunking.target_words = 80
+    changed = make_settings(tmp_path / "index", chunking={"max_words": 120, "target_words": 80})
     service = make_service(changed, embedder)
     with pytest.raises(IncompatibleIndexError, match="chunking settings"):
         service.search("border")

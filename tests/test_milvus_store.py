@@ -14,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pymilvus.exceptions import MilvusException
 
-from rag.config import ChunkingSettings, Settings
+from rag.config import Settings
 from rag.errors import IncompatibleIndexError, StoreSettingsError, StoreUnavailableError
 from rag.service import RagService
 from rag.stores.milvus.connection import PLACEHOLDER, milvus_errors, one_of
@@ -55,9 +55,7 @@ def settings_for(backend: str, tmp_path: Path, corpus: Path, request: pytest.Fix
     settings = make_settings(tmp_path / f"index-{uuid.uuid4().hex[:6]}", corpus)
     if backend == "milvus":
         server = request.getfixturevalue("milvus_server")
-        settings.store.backend = "milvus"
-        settings.store.uri = server.uri
-        settings.store.collection = collection or f"t_{uuid.uuid4().hex[:12]}"
+        settings = settings.replace(store={"backend": "milvus", "uri": server.uri, "collection": collection or f"t_{uuid.uuid4().hex[:12]}"})
     return settings
 
 
@@ -132,7 +130,7 @@ def test_incremental_updates_equal_a_fresh_build_with_no_stale_rows(backend, tmp
 
 def test_an_index_built_otherwise_is_refused_and_rebuilt(backend, tmp_path, corpus, request, embedder) -> None:
     service = indexed(backend, tmp_path, corpus, request, embedder)
-    other = service.settings.model_copy(update={"chunking": ChunkingSettings(target_words=60, max_words=90, min_words=10)})
+    other = service.settings.replace(chunking={"target_words": 60, "max_words": 90, "min_words": 10})
     changed = make_service(other, embedder)
     with pytest.raises(IncompatibleIndexError, match=r"was built with other chunking settings: run `rag index` to rebuild it"):
         changed.search("lighthouse", k=1)
@@ -155,8 +153,7 @@ def test_a_missing_collection_and_an_unreachable_server_are_one_line_errors(tmp_
     service = make_service(settings_for("milvus", tmp_path, corpus, request, collection="never_built"), embedder)
     with pytest.raises(Exception, match=r"^no index in Milvus collection never_built at http://127\.0\.0\.1:\d+ yet: run `rag index` first$"):
         service.search("lighthouse")
-    settings = settings_for("milvus", tmp_path, corpus, request)
-    settings.store.uri = "http://127.0.0.1:9"  # discard port: nothing listens
+    settings = settings_for("milvus", tmp_path, corpus, request).replace(store={"uri": "http://127.0.0.1:9"})  # nothing listens
     with pytest.raises(StoreUnavailableError, match=r"^cannot reach Milvus at http://127\.0\.0\.1:9 \(store\.uri\)"):
         make_service(settings, embedder).search("lighthouse")
 

@@ -105,8 +105,7 @@ def test_a_damaged_or_partial_export_is_exported_again(int8_embedder, cache_dir,
 
 def test_an_index_from_the_other_backend_is_refused_and_rebuilt(tmp_path, embedder, int8_embedder) -> None:
     make_service(make_settings(tmp_path / "index"), embedder).update(paths=[SEEDS])
-    settings = make_settings(tmp_path / "index")
-    settings.embedding.backend = "onnx-int8"
+    settings = make_settings(tmp_path / "index", embedding={"backend": "onnx-int8"})
     service = make_service(settings, int8_embedder)
     with pytest.raises(IncompatibleIndexError, match=r"embedding backend \(torch -> onnx-int8\).*run `rag index`"):
         service.search("border guard")

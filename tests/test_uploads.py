@@ -31,8 +31,7 @@ def test_refused_names(name: str) -> None:
 
 @pytest.mark.slow
 def test_add_and_delete_documents(corpus: Path, tmp_path: Path, embedder) -> None:
-    settings = make_settings(tmp_path / "index", corpus_dir=corpus)
-    settings.server.max_upload_bytes = 1000
+    settings = make_settings(tmp_path / "index", corpus_dir=corpus, server={"max_upload_bytes": 1000})
     service = make_service(settings, embedder)
     service.update(paths=[corpus])
 
@@ -48,8 +47,8 @@ def test_add_and_delete_documents(corpus: Path, tmp_path: Path, embedder) -> Non
         service.add_document("bin.txt", b"\x00\x01")
     assert sorted(p.name for p in corpus.iterdir() if p.name.startswith(".") or p.name in ("big.txt", "bin.txt")) == []
 
-    assert service.delete_document("kiln.txt").removed == ["kiln.txt"]
+    assert service.delete_documents(["kiln.txt"]).removed == ["kiln.txt"]
     assert not (corpus / "kiln.txt").exists()
     with pytest.raises(UnknownDocumentError):
-        service.delete_document("kiln.txt")
+        service.delete_documents(["kiln.txt"])
     assert len(service.documents()) == 5

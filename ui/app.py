@@ -13,9 +13,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 
 import gradio as gr
 
-from rag.answer.conversation import Turn
-from rag.answer.pipeline import EXTRACTIVE, AskOptions
+from rag.config import EXTRACTIVE
 from rag.errors import RagError
+from rag.requests import AskRequest, SearchRequest, Turn
 from rag.schema import AnswerResponse
 from rag.serve.access import LOGOUT_PATH, Keys, Role, check_client_model
 from rag.serve.api import AnswerQueue
@@ -126,12 +126,14 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
                 return
             messages = [*messages, {"role": "user", "content": text}, {"role": "assistant", "content": "…"}]
             yield messages, turns, gr.skip(), ""
-            options = AskOptions(k=int(k_value), mode=mode_value, doc_ids=doc_ids or None, model=(model_value or "").strip() or None)
-            history = [Turn(question=t.question, answer=t.answer) for t in turns if not t.abstained]
+            request = AskRequest(
+                question=text, k=int(k_value), mode=mode_value, doc_ids=doc_ids or None, model=(model_value or "").strip() or None,
+                history=[Turn(question=t.question, answer=t.answer) for t in turns if not t.abstained],
+            )
             written = ""
             try:
-                check_client_model(settings.server, default_model, options.model, None)
-                for event in queue.held(options.model, service.ask_stream(text, options, history)):
+                check_client_model(settings.server, default_model, request.model, None)
+                for event in queue.held(request.model, service.ask_stream(request)):
                     if event.kind == "passages":
                         yield messages, turns, reading_html(event.passages or []), gr.skip()
                     elif event.kind == "token":
@@ -154,7 +156,7 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
 
         def search(text: str, k_value: float, mode_value: str) -> str:
             try:
-                return search_html(service.search(text, k=int(k_value), mode=mode_value).results)
+                return search_html(service.search(SearchRequest(query=text, k=int(k_value), mode=mode_value)).results)
             except RagError as exc:
                 return f'<div class="error">⚠️ {html.escape(str(exc))}</div>'
 
@@ -190,7 +192,7 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
             if not doc_id:
                 return document_views("Choose a document to remove.")
             try:
-                service.delete_document(doc_id)
+                service.delete_documents([doc_id])
                 return document_views(f"✓ Removed **{markdown_text(doc_id)}** from the index and the corpus folder.")
             except RagError as exc:
                 return document_views(f"⚠️ {markdown_text(str(exc))}")

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel
-
-from rag.answer.pipeline import EXTRACTIVE
 from rag.answer.prompts import rewrite_messages
-from rag.config import Settings
+from rag.config import EXTRACTIVE, Settings
 from rag.llm.generation import GenerationError, stream_completion
+from rag.requests import Turn
 from rag.verify.citations import strip_markers
 
 # Words that only make sense with what was said before. A question without any of them is
@@ -24,11 +22,6 @@ SHORT_FOLLOW_UP_WORDS = 3
 # Turns of history given to the rewriter; older ones rarely hold the referent and cost prompt time.
 HISTORY_TURNS = 3
 REWRITE_MAX_TOKENS = 60
-
-
-class Turn(BaseModel):
-    question: str
-    answer: str = ""
 
 
 def needs_context(question: str) -> bool:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rag.answer.choice import Choice, choice_from_probabilities, choice_from_reply
+from rag.answer.conversation import standalone_question
 from rag.answer.decision import Signals, load_decision_model
 from rag.answer.evidence import (
     EvidenceSentence,
@@ -39,7 +40,7 @@ from rag.answer.prompts import (
     choice_messages,
     is_decline,
 )
-from rag.config import SearchMode, Settings
+from rag.config import EXTRACTIVE, Settings
 from rag.embed.encoder import Embedder
 from rag.llm.generation import (
     GenerationError,
@@ -48,13 +49,12 @@ from rag.llm.generation import (
     stream_completion,
 )
 from rag.llm.local import is_local_model
+from rag.requests import AskOptions, AskRequest
 from rag.retrieve.retriever import Retriever, validate_query
 from rag.schema import AnswerResponse, AnswerSentence, Citation, Evidence, SearchHit
 from rag.text.words import content_tokens, makes_claim, names_not_in, numbers_in
 from rag.verify.citations import MARKER, ParsedSentence, parse_answer, strip_markers
 from rag.verify.verifier import Verdict, Verifier
-
-EXTRACTIVE = "extractive"
 
 NOT_FOUND_ANSWER = "The documents do not contain an answer to this question."
 
@@ -69,18 +69,6 @@ class AnswerEvent:
     text: str = ""
     passages: list[SearchHit] | None = None
     response: AnswerResponse | None = None
-
-
-@dataclass
-class AskOptions:
-    k: int | None = None
-    mode: SearchMode | None = None
-    doc_ids: list[str] | None = None
-    model: str | None = None
-    api_base: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    timeout_s: float | None = None
 
 
 @dataclass
@@ -124,21 +112,28 @@ class Answerer:
             return "choose" if is_local_model(model) else "generate"
         return configured
 
-    def stream(self, question: str, options: AskOptions | None = None) -> Iterator[AnswerEvent]:
-        options = options or AskOptions()
-        model = options.model or self.settings.answer.model
-        question = validate_query(question, self.settings.retrieval)
+    def stream(self, request: AskRequest) -> Iterator[AnswerEvent]:
+        """The stages in order: rewrite a follow-up, retrieve and select evidence, answer,
+        verify and repair citations, then the guards; events as each stage ends."""
+        model = request.model or self.settings.answer.model
+        question = validate_query(request.question, self.settings.retrieval)
         if model != EXTRACTIVE:
-            check_model(model, options.api_base or self.settings.answer.api_base)
+            check_model(model, request.api_base or self.settings.answer.api_base)
         timings: dict[str, float] = {}
         started = clock = time.perf_counter()
 
-        draft = self.draft(question, model, options)
+        query = standalone_question(question, request.history, model, self.settings, request.api_base)
+        if query != question:
+            timings["rewrite"] = _ms(clock)
+            clock = time.perf_counter()
+        draft = self.draft(query, model, request)
         timings["retrieve"] = _ms(clock)
         yield AnswerEvent("passages", passages=draft.passages)
 
         def finish(response: AnswerResponse) -> AnswerEvent:
             response.timings_ms = {**timings, "total": _ms(started)}
+            if query != question:
+                response.question, response.rewritten_question = question, query
             return AnswerEvent("answer", response=response)
 
         reason = self.retrieval_guard(draft)
@@ -147,7 +142,7 @@ class Answerer:
             return
 
         clock = time.perf_counter()
-        for piece in self.answer(draft, options):
+        for piece in self.answer(draft, request):
             if "first_token" not in timings:
                 timings["first_token"] = _ms(started)
             yield AnswerEvent("token", text=piece)

@@ -9,19 +9,19 @@ their best passage (MaxP), and near-duplicate passages credit every document tha
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rag.config import SearchMode, Settings
+from rag.config import SEARCH_MODES, SearchMode, Settings
 from rag.embed.encoder import Embedder
 from rag.errors import BadInputError
 from rag.ingest.pipeline import IndexReport
-from rag.retrieve.retriever import MODES, Retriever
+from rag.jsonl import read_json_lines
+from rag.retrieve.retriever import Retriever
 from rag.schema import Document
 from rag.service import RagService
 
@@ -37,18 +37,13 @@ class BeirDataset:
     qrels: dict[str, dict[str, int]]
 
 
-def _jsonl(path: Path) -> Iterable[tuple[bytes, dict]]:
-    try:
-        with path.open("rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                line = line.rstrip(b"\r\n")
-                if line.strip():
-                    try:
-                        yield line, json.loads(line)
-                    except ValueError:
-                        raise BadInputError(f"{path}:{number}: not a JSON object") from None
-    except FileNotFoundError:
-        raise BadInputError(f"no {path.name} in {path.parent} (not a BEIR dataset folder)") from None
+def _jsonl(path: Path) -> Iterator[tuple[bytes, dict]]:
+    """(the line's bytes, its record) for each record of a BEIR file."""
+    missing = f"no {path.name} in {path.parent} (not a BEIR dataset folder)"
+    for number, line, record in read_json_lines(path, missing=missing):
+        if not isinstance(record, dict):
+            raise BadInputError(f"{path}:{number}: not a JSON object")
+        yield line.encode("utf-8"), record
 
 
 def _record_id(record: dict, path: Path) -> str:
@@ -178,7 +173,7 @@ def score_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
 def evaluate_modes(
     service: RagService,
     dataset: BeirDataset,
-    modes: Iterable[SearchMode] = MODES,
+    modes: Iterable[SearchMode] = SEARCH_MODES,
     k: int = 100,
     progress: Progress | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -209,7 +204,7 @@ def evaluate_modes(
 def evaluate_beir(
     dataset_dir: Path,
     settings: Settings,
-    modes: Iterable[SearchMode] = MODES,
+    modes: Iterable[SearchMode] = SEARCH_MODES,
     k: int = 100,
     split: str = "test",
     index_dir: Path | None = None,

@@ -19,7 +19,6 @@ The service's own per-citation verdicts are reported beside them (`service_*`)."
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from collections import Counter
@@ -28,9 +27,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from rag.answer.pipeline import AskOptions
 from rag.errors import BadInputError
 from rag.eval.beir import run_queries, score_run
+from rag.jsonl import read_json_lines
+from rag.requests import AskOptions, AskRequest
 from rag.schema import AnswerResponse
 from rag.service import RagService
 from rag.text.words import fold, makes_claim
@@ -56,18 +56,12 @@ class EvalQuestion(BaseModel):
 
 
 def load_questions(path: Path) -> list[EvalQuestion]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"cannot read question set {path}: {exc.__class__.__name__}") from None
     questions = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, _, record in read_json_lines(path):
         try:
-            record = json.loads(line)
-            record.setdefault("id", f"line{number}")
-            questions.append(EvalQuestion.model_validate(record))
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            questions.append(EvalQuestion.model_validate({"id": f"line{number}", **record}))
         except ValueError as exc:
             raise BadInputError(f"{path}:{number}: not a question record ({str(exc).splitlines()[0]})") from None
     if not questions:
@@ -210,7 +204,7 @@ def evaluate_questions(
     entails = verifier_entails(service.answerer.verifier)
     rows = []
     for done, q in enumerate(questions, start=1):
-        response = service.ask(q.question, options)
+        response = service.ask(AskRequest(question=q.question, **options.model_dump()))
         sentences = response.sentences
         claims = [s for s in sentences if s.status != "no_claim"]
         invalid = sum(documents[c.doc_id].text[c.start : c.end] != c.text for c in response.citations)

@@ -469,7 +469,7 @@ def _fill_response(model_response: Any, data: dict, model: str) -> Any:
     model_response.created = int(data.get("created") or time.time())
     usage = _usage(data.get("usage"))
     if usage is not None:
-        setattr(model_response, "usage", usage)
+        model_response.usage = usage
     if data.get("timings"):
         model_response._hidden_params["llama_cpp_timings"] = data["timings"]
         if _server is not None:

@@ -8,13 +8,11 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import cached_property
 
-from rag.config import RetrievalSettings, SearchMode, Settings
+from rag.config import SEARCH_MODES, RetrievalSettings, SearchMode, Settings
 from rag.embed.encoder import Embedder
 from rag.errors import BadInputError
 from rag.schema import ChunkLocation, SearchHit, SearchResponse
 from rag.stores.base import Candidate, Store
-
-MODES: tuple[SearchMode, ...] = ("hybrid", "dense", "bm25")
 
 
 def validate_query(query: str, settings: RetrievalSettings) -> str:
@@ -66,8 +64,8 @@ class Retriever:
         if k < 1:
             raise BadInputError("k must be at least 1")
         mode = mode or cfg.mode
-        if mode not in MODES:
-            raise BadInputError(f"unknown search mode '{mode}' (use {', '.join(MODES)})")
+        if mode not in SEARCH_MODES:
+            raise BadInputError(f"unknown search mode '{mode}' (use {', '.join(SEARCH_MODES)})")
         unknown = [d for d in doc_ids or [] if d not in self.store.documents]
         if unknown:
             raise BadInputError(f"unknown document: {unknown[0]} (see `rag docs`)")

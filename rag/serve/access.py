@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
-from rag.config import ServerSettings
+from rag.config import EXTRACTIVE, ServerSettings
 from rag.errors import BadInputError
 from rag.text.words import is_unicode_text
 
@@ -121,8 +121,6 @@ def check_client_model(server: ServerSettings, default_model: str, model: str | 
     """Refuse a model or `api_base` that a client of the server may not choose: another model may
     spend the server's API credits, and `api_base` makes the server connect wherever it says.
     The CLI runs as its user and is not asked."""
-    from rag.answer.pipeline import EXTRACTIVE
-
     if api_base and not server.allow_client_api_base:
         raise BadInputError("api_base is not accepted from clients of this server (server.allow_client_api_base)")
     allowed = {default_model, EXTRACTIVE, *server.allow_client_models}

@@ -20,11 +20,11 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from rag.answer.conversation import Turn
-from rag.answer.pipeline import EXTRACTIVE, AnswerEvent, AskOptions
-from rag.config import SearchMode
+from rag import __version__
+from rag.answer.pipeline import AnswerEvent
+from rag.config import EXTRACTIVE
 from rag.errors import (
     BadInputError,
     IndexMissingError,
@@ -36,6 +36,7 @@ from rag.errors import (
     UnknownDocumentError,
 )
 from rag.ingest.pipeline import IndexReport
+from rag.requests import AskRequest, CheckRequest, SearchRequest
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
 from rag.serve.access import (
     LOGIN_PATH,
@@ -50,35 +51,9 @@ from rag.serve.access import (
     protect,
 )
 from rag.service import RagService, upload_name
-from rag.verify.checker import CheckReport, CheckRequest
+from rag.verify.checker import CheckReport
 
 log = logging.getLogger(__name__)
-
-
-class SearchRequest(BaseModel):
-    query: str
-    k: int = Field(5, ge=1, le=1000)
-    mode: SearchMode = "hybrid"
-    doc_ids: list[str] | None = None
-
-
-class AskRequest(BaseModel):
-    question: str
-    k: int | None = Field(None, ge=1, le=50)
-    mode: SearchMode | None = None
-    model: str | None = Field(None, description="litellm model string or `extractive`; default: the embedded model")
-    doc_ids: list[str] | None = None
-    api_base: str | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, le=8192)
-    timeout_s: float | None = Field(None, gt=0)
-    history: list[Turn] = Field(default_factory=list, description="Earlier turns: a follow-up is rewritten into a standalone question")
-
-    def options(self) -> AskOptions:
-        return AskOptions(
-            k=self.k, mode=self.mode, doc_ids=self.doc_ids, model=self.model, api_base=self.api_base,
-            temperature=self.temperature, max_tokens=self.max_tokens, timeout_s=self.timeout_s,
-        )
 
 
 class Health(BaseModel):
@@ -151,7 +126,7 @@ def create_api(service: RagService) -> FastAPI:
     app = FastAPI(
         title="Cited answers",
         summary="Questions answered with citations you can check.",
-        version="0.1.0",
+        version=__version__,
     )
     app.state.keys = keys = load_keys(service.settings.server)
     app.state.answer_queue = queue = AnswerQueue(service)  # shared with the web interface
@@ -191,9 +166,9 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
     api = APIRouter(dependencies=[Depends(reject_lone_surrogates)])
     server = service.settings.server
 
-    def ask_options(request: AskRequest) -> AskOptions:
+    def allowed(request: AskRequest) -> AskRequest:
         check_client_model(server, service.settings.answer.model, request.model, request.api_base)
-        return request.options()
+        return request
 
     @api.get("/health", response_model_exclude_none=True)
     def health(request: Request) -> Health:
@@ -207,21 +182,19 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
 
     @api.post("/search")
     def search(request: SearchRequest) -> SearchResponse:
-        return service.search(request.query, k=request.k, mode=request.mode, doc_ids=request.doc_ids)
+        return service.search(request)
 
     @api.post("/ask", responses={503: {"description": "Too many answers waiting for the model (Retry-After)"}})
     def ask(request: AskRequest) -> AnswerResponse:
-        options = ask_options(request)
-        with queue.place(options.model):
-            return service.ask(request.question, options, request.history)
+        with queue.place(allowed(request).model):
+            return service.ask(request)
 
     @api.post("/ask/stream", responses={200: {"content": {"text/event-stream": {}}}, 503: {"description": "As for /ask"}})
     async def ask_stream(request: AskRequest) -> EventSourceResponse:
         """Server-sent events: `passages` (the retrieved passages), `token` (answer text as the
         model writes it), then `answer` (the full verified answer, exactly as POST /ask returns
         it) or `error` ({"detail", "status"}) if the answer fails once streaming has begun."""
-        options = ask_options(request)
-        events = queue.held(options.model, service.ask_stream(request.question, options, request.history))
+        events = queue.held(allowed(request).model, service.ask_stream(request))
         # The first event comes after validation and retrieval, so bad input still gets a plain 4xx.
         first = await run_in_threadpool(next, events)
         return EventSourceResponse(_sse(chain([first], events)))
@@ -247,7 +220,7 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
 
     @api.delete("/documents/{doc_id:path}")
     def delete_document(doc_id: str) -> IndexChange:
-        return _change(doc_id, service.delete_document(doc_id))
+        return _change(doc_id, service.delete_documents([doc_id]))
 
     return api
 

@@ -26,7 +26,7 @@ class MigrateReport:
 
 def backend_settings(settings: Settings, backend: str) -> Settings:
     """`settings` with `store.backend` set to `backend`."""
-    return settings.model_copy(update={"store": settings.store.model_copy(update={"backend": backend})})
+    return settings.replace(store={"backend": backend})
 
 
 def location(settings: Settings) -> str:

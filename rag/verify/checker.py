@@ -8,9 +8,10 @@ is checked against the best evidence the index can find."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from rag.errors import BadInputError
+from rag.requests import CheckRequest, GivenCitation
 from rag.retrieve.retriever import Retriever
 from rag.text.words import makes_claim
 from rag.verify.citations import parse_answer
@@ -18,24 +19,6 @@ from rag.verify.verifier import Verifier
 
 # How many passages to try for a claim that names no source.
 EVIDENCE_CANDIDATES = 5
-
-
-class GivenCitation(BaseModel):
-    id: int
-    doc_id: str | None = None
-    start: int | None = None
-    end: int | None = None
-    text: str | None = None
-
-
-class CheckRequest(BaseModel):
-    answer: str | None = None
-    citations: list[GivenCitation] = Field(default_factory=list)
-    claim: str | None = None
-    doc_id: str | None = None
-    start: int | None = None
-    end: int | None = None
-    quote: str | None = None
 
 
 class CitationVerdict(BaseModel):

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import bm25s
@@ -252,7 +252,7 @@ def write_index(index_dir: Path, data: IndexData, discard: Path | None = None) -
     """Write a new generation and publish it, then delete `discard` (a damaged generation, so
     that the sound one before it is the one kept beside the new); the caller holds `writer_lock`."""
     # Microseconds: two builds within one second must still sort newest first (generations()).
-    name = f"gen-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+    name = f"gen-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
     staging = index_dir / f".tmp-{name}"
     staging.mkdir(parents=True)
     try:
