@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 
+import grpc
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 from pymilvus.exceptions import ConnectionConfigException, MilvusException
 
@@ -65,6 +66,13 @@ def milvus_errors(settings: StoreSettings) -> Iterator[None]:
         if any(word in lowered for word in ("auth", "credential", "password", "token", "permission denied")):
             raise StoreSettingsError(f"{settings.uri} refused the credentials of store.token: {message}") from None
         raise StoreUnavailableError(f"Milvus at {settings.uri} failed: {message}") from None
+    except grpc.RpcError as exc:  # pymilvus passes some gRPC failures on unwrapped (a missed deadline)
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise StoreUnavailableError(
+                f"Milvus at {settings.uri} did not answer within store.timeout_s ({settings.timeout_s:g} s)"
+            ) from None
+        raise StoreUnavailableError(f"Milvus at {settings.uri} failed: {code.name if code else type(exc).__name__}") from None
 
 
 def connect(settings: StoreSettings) -> MilvusClient:
