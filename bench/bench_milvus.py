@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 from run_all import CACHE_DIR, SCIFACT_DIR, markdown_table, write_section
 
+from rag.config import SEARCH_MODES as MODES
 from rag.config import Settings
 from rag.eval.beir import BeirDataset, QueryVectors, beir_settings, build_beir_index, evaluate_modes, load_beir
-from rag.retrieve.retriever import MODES, Retriever
+from rag.retrieve.retriever import Retriever
 from rag.schema import Chunk
 from rag.service import RagService
 from rag.stores import open_writer

@@ -14,14 +14,14 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pymilvus.exceptions import MilvusException
 
-from rag.config import Settings
+from rag.config import SEARCH_MODES, Settings
 from rag.errors import IncompatibleIndexError, StoreSettingsError, StoreUnavailableError
 from rag.service import RagService
 from rag.stores.milvus.connection import PLACEHOLDER, milvus_errors, one_of
 
 pytestmark = pytest.mark.slow
 
-MODES = ("hybrid", "dense", "bm25")
+MODES = SEARCH_MODES
 
 
 def paragraph(topic: str, detail: str) -> str:
