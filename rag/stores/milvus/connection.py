@@ -50,6 +50,11 @@ def where(settings: StoreSettings) -> str:
     return f"Milvus collection {settings.collection} at {settings.uri}"
 
 
+class CollectionReleasedError(StoreUnavailableError):
+    """A collection the server holds but has not loaded (Milvus Lite releases every collection
+    when it restarts): loading it again cures it."""
+
+
 def first_line(exc: MilvusException) -> str:
     return (exc.message or type(exc).__name__).splitlines()[0]
 
@@ -65,6 +70,8 @@ def milvus_errors(settings: StoreSettings) -> Iterator[None]:
         lowered = message.lower()
         if any(word in lowered for word in ("auth", "credential", "password", "token", "permission denied")):
             raise StoreSettingsError(f"{settings.uri} refused the credentials of store.token: {message}") from None
+        if "released" in lowered or "not loaded" in lowered:
+            raise CollectionReleasedError(f"Milvus at {settings.uri} failed: {message}") from None
         raise StoreUnavailableError(f"Milvus at {settings.uri} failed: {message}") from None
     except grpc.RpcError as exc:  # pymilvus passes some gRPC failures on unwrapped (a missed deadline)
         code = exc.code() if isinstance(exc, grpc.Call) else None

@@ -13,11 +13,12 @@ vectors, so they hold exactly the corpus again."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,6 +31,7 @@ from rag.schema import Chunk, ChunkLocation, Document
 from rag.stores.base import Candidate, Changes, ChunkCounts, DocumentRows, Manifest, compatibility_problems
 from rag.stores.milvus.connection import (
     BM25_K1,
+    CollectionReleasedError,
     MAX_VARCHAR_BYTES,
     PLACEHOLDER,
     TEXT_PART_CHARS,
@@ -142,6 +144,22 @@ class _Collections:
         ]
 
 
+def reloading(method: Callable) -> Callable:
+    """`method` of an object with `_c`, tried once more after loading the collections when the
+    server had released them (a restarted server): replicas recover without a restart."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except CollectionReleasedError:
+            with self._c.errors():
+                _load(self._c)
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class LiveDocuments(Mapping[str, Document]):
     """The stored documents, read from the server at each access (another replica may have
     changed them since the last one)."""
@@ -149,6 +167,7 @@ class LiveDocuments(Mapping[str, Document]):
     def __init__(self, collections: _Collections):
         self._c = collections
 
+    @reloading
     def __getitem__(self, doc_id: str) -> Document:
         with self._c.errors():
             found = self._c.read_documents([doc_id])
@@ -156,12 +175,14 @@ class LiveDocuments(Mapping[str, Document]):
             raise KeyError(doc_id)
         return found[doc_id]
 
+    @reloading
     def __contains__(self, doc_id: object) -> bool:
         if not isinstance(doc_id, str):
             return False
         with self._c.errors():
             return self._c.count(self._c.documents, f"doc_id == {literal(doc_id)} and part == 0") > 0
 
+    @reloading
     def _ids(self) -> list[str]:
         with self._c.errors():
             return sorted(r["doc_id"] for r in self._c.rows(self._c.documents, "part == 0", ["doc_id"]))
@@ -169,10 +190,12 @@ class LiveDocuments(Mapping[str, Document]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._ids())
 
+    @reloading
     def __len__(self) -> int:
         with self._c.errors():
             return self._c.count(self._c.documents, "part == 0")
 
+    @reloading
     def items(self):  # one batched read instead of one per document
         with self._c.errors():
             return sorted(self._c.read_documents(None).items())
@@ -195,15 +218,18 @@ class MilvusStore:
         return LiveDocuments(self._c)
 
     @property
+    @reloading
     def chunk_total(self) -> int:
         with self._c.errors():
             return self._c.count(self._c.chunks)
 
     @property
+    @reloading
     def distinct_chunks(self) -> int:
         with self._c.errors():
             return self._c.count(self._c.chunks, 'duplicate_of == ""')
 
+    @reloading
     def chunk(self, chunk_id: str) -> Chunk:
         with self._c.errors():
             found = self._c.chunks_by(f"chunk_id == {literal(chunk_id)}")
@@ -211,6 +237,7 @@ class MilvusStore:
             raise KeyError(chunk_id)
         return found[0]
 
+    @reloading
     def chunk_counts(self) -> dict[str, ChunkCounts]:
         with self._c.errors():
             counts = {doc_id: [0, 0] for doc_id in self.documents}
@@ -250,6 +277,7 @@ class MilvusStore:
             return {"metric_type": "IP", "params": {"nprobe": self.settings.index.ivf_nprobe}}
         return {"metric_type": "IP", "params": {}}
 
+    @reloading
     def search(
         self, query: str, vector: np.ndarray | None, mode: SearchMode, depth: int, doc_ids: list[str] | None
     ) -> list[Candidate]:
