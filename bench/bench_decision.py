@@ -73,7 +73,7 @@ def probe(service: RagService, q: EvalQuestion) -> dict:
     cfg = service.settings.answer
     probabilities = first_token_probabilities(
         answerer.choice_prompt(draft), model=model, api_base=cfg.api_base, timeout_s=600,
-        local_settings=service.settings.local_llm,
+        local_model=service.local_model,
     )
     draft.choice = choice_from_probabilities(probabilities, len(draft.evidence))
     quotes = [quote.quote for quote in q.quotes]

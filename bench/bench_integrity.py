@@ -27,7 +27,7 @@ from rag.errors import IndexDamagedError
 from rag.eval.beir import beir_settings, load_beir
 from rag.ingest.dedup import TOKEN
 from rag.ingest.pipeline import update_index
-from rag.llm.local import BUNDLED_GGUF, default_cache_dir, verify_bundled_gguf
+from rag.llm.gguf import BUNDLED_GGUF, default_cache_dir, verify_bundled_gguf
 from rag.retrieve.retriever import Retriever
 from rag.schema import Chunk
 from rag.stores.faiss_bm25.store import (

@@ -34,14 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rag.llm.local import (  # noqa: E402
-    DEFAULT_LOCAL_MODEL,
-    LocalLLMSettings,
-    ensure_bundled_gguf,
-    get_local_server,
-    register_local_provider,
-    stop_local_server,
-)
+from rag.config import LocalLLMSettings  # noqa: E402
+from rag.llm.gguf import ensure_bundled_gguf  # noqa: E402
+from rag.llm.local import LocalModel  # noqa: E402
+from rag.llm.provider import DEFAULT_LOCAL_MODEL, load_litellm, register_local_provider  # noqa: E402
 
 SEEDS = ROOT / "seeds"
 RESULTS = Path(__file__).resolve().parent / "RESULTS_llm.md"
@@ -110,9 +106,8 @@ def busy_jiffies() -> int | None:
     return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
 
 
-def timed(config: str, case: str, msgs: list[dict], timeout: float) -> Run:
-    import litellm
-
+def timed(model: LocalModel, config: str, case: str, msgs: list[dict], timeout: float) -> Run:
+    litellm = load_litellm()
     jiffies_before, own_before = busy_jiffies(), os.times()
     start = time.perf_counter()
     first = None
@@ -126,6 +121,7 @@ def timed(config: str, case: str, msgs: list[dict], timeout: float) -> Run:
         stream=True,
         stream_options={"include_usage": True},
         timeout=timeout,
+        local_model=model,
     ):
         text = chunk.choices[0].delta.content if chunk.choices else None
         if text and first is None:
@@ -141,7 +137,7 @@ def timed(config: str, case: str, msgs: list[dict], timeout: float) -> Run:
         ticks = os.sysconf("SC_CLK_TCK")
         own = (own_after.user + own_after.system) - (own_before.user + own_before.system)
         others = max(0.0, ((jiffies_after - jiffies_before) / ticks - own) / total)
-    timings = get_local_server().last_timings or {}
+    timings = model.last_timings or {}
     return Run(
         config=config,
         case=case,
@@ -190,22 +186,22 @@ def child(spec: str, mode: str, timeout: float) -> None:
     label, settings, _ = parse_config(spec)
     register_local_provider()
     words = seed_words()
-    clock = time.perf_counter()
-    get_local_server(settings)
-    load = time.perf_counter() - clock
     runs: list[Run] = []
-    if mode == "speed":
-        for i, (case, n_words) in enumerate(CASES):
-            msgs = messages(passages(words, n_words, offset=1500 * i), QUESTIONS[0], uuid.uuid4().hex)
-            runs.append(timed(label, case, msgs, timeout))
-    elif mode == "cache":
-        context = passages(words, 700, offset=4000)
-        runs.append(timed(label, "~1000 tok, first ask", messages(context, QUESTIONS[0], None), timeout))
-        runs.append(timed(label, "same passages, new question", messages(context, QUESTIONS[1], None), timeout))
-    elif mode == "contended":
-        msgs = messages(passages(words, 160, offset=9000), QUESTIONS[0], uuid.uuid4().hex)
-        runs.append(timed(label + " + 1 busy process", "~300 prompt tokens", msgs, timeout))
-    stop_local_server()
+    with LocalModel(settings) as model:
+        clock = time.perf_counter()
+        model.server()
+        load = time.perf_counter() - clock
+        if mode == "speed":
+            for i, (case, n_words) in enumerate(CASES):
+                msgs = messages(passages(words, n_words, offset=1500 * i), QUESTIONS[0], uuid.uuid4().hex)
+                runs.append(timed(model, label, case, msgs, timeout))
+        elif mode == "cache":
+            context = passages(words, 700, offset=4000)
+            runs.append(timed(model, label, "~1000 tok, first ask", messages(context, QUESTIONS[0], None), timeout))
+            runs.append(timed(model, label, "same passages, new question", messages(context, QUESTIONS[1], None), timeout))
+        elif mode == "contended":
+            msgs = messages(passages(words, 160, offset=9000), QUESTIONS[0], uuid.uuid4().hex)
+            runs.append(timed(model, label + " + 1 busy process", "~300 prompt tokens", msgs, timeout))
     print(json.dumps({"load": load, "runs": [dataclasses.asdict(r) for r in runs]}))
 
 

@@ -44,8 +44,18 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("milvus-lite")), "server", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(Path(sys.executable).with_name("milvus-lite")),
+            "server",
+            "--data-dir",
+            str(data_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     for _ in range(300):
         try:
@@ -96,13 +106,25 @@ def scaled_rows(files: Path, chunks: int) -> tuple[list[DocumentRows], Manifest]
             if not rows:
                 continue
             new_id = f"c{copy}-{doc_id}"
-            new_chunks = [Chunk(chunk_id=f"{new_id}:{data.chunks[r].start}-{data.chunks[r].end}", doc_id=new_id,
-                                start=data.chunks[r].start, end=data.chunks[r].end, text=data.chunks[r].text) for r in rows]
-            out.append(DocumentRows(
-                document=doc.model_copy(update={"doc_id": new_id}), chunks=new_chunks,
-                texts=[c.text for c in new_chunks], vectors=data.vectors[rows],
-                embedding_keys=[f"{copy}-{data.embedding_keys[r]}" for r in rows],
-            ))
+            new_chunks = [
+                Chunk(
+                    chunk_id=f"{new_id}:{data.chunks[r].start}-{data.chunks[r].end}",
+                    doc_id=new_id,
+                    start=data.chunks[r].start,
+                    end=data.chunks[r].end,
+                    text=data.chunks[r].text,
+                )
+                for r in rows
+            ]
+            out.append(
+                DocumentRows(
+                    document=doc.model_copy(update={"doc_id": new_id}),
+                    chunks=new_chunks,
+                    texts=[c.text for c in new_chunks],
+                    vectors=data.vectors[rows],
+                    embedding_keys=[f"{copy}-{data.embedding_keys[r]}" for r in rows],
+                )
+            )
             total += len(rows)
             if total >= chunks:
                 break
@@ -160,13 +182,23 @@ def upload_only(source: Path, chunks: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--chunks", type=int, default=100_000, help="passages of the collection for the upload cost (0: not measured)")
+    parser.add_argument(
+        "--chunks", type=int, default=100_000, help="passages of the collection for the upload cost (0: not measured)"
+    )
     parser.add_argument("--latency-queries", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--docs", type=int, default=0,
-                        help="SciFact subset: every judged document plus this many others (0: the whole corpus)")
-    parser.add_argument("--upload-only", type=Path, metavar="INDEX_DIR",
-                        help="only the upload cost, on passages repeated from this embedded index")
+    parser.add_argument(
+        "--docs",
+        type=int,
+        default=0,
+        help="SciFact subset: every judged document plus this many others (0: the whole corpus)",
+    )
+    parser.add_argument(
+        "--upload-only",
+        type=Path,
+        metavar="INDEX_DIR",
+        help="only the upload cost, on passages repeated from this embedded index",
+    )
     args = parser.parse_args(argv)
     if args.upload_only:
         upload_only(args.upload_only, args.chunks)
@@ -199,14 +231,20 @@ def main(argv: list[str] | None = None) -> None:
             print(name, quality[name], f"{time.perf_counter() - clock:.0f}s", flush=True)
         quality_rows = [[name, *(f"{scores[m]['nDCG@10']:.4f}" for m in MODES)] for name, scores in quality.items()]
         names = list(quality)
-        quality_rows.append(["difference", *(f"{quality[names[1]][m]['nDCG@10'] - quality[names[0]][m]['nDCG@10']:+.4f}" for m in MODES)])
+        quality_rows.append(
+            [
+                "difference",
+                *(f"{quality[names[1]][m]['nDCG@10'] - quality[names[0]][m]['nDCG@10']:+.4f}" for m in MODES),
+            ]
+        )
 
         queries = list(dataset.queries.values())[: args.latency_queries]
         before = load()
         times = latency({"embedded": files, "Milvus": milvus}, queries, args.rounds)
         latency_rows = [
             [name, mode, f"{percentile(t, 50):.1f}", f"{percentile(t, 95):.1f}"]
-            for name, modes in times.items() for mode, t in modes.items()
+            for name, modes in times.items()
+            for mode, t in modes.items()
         ]
         latency_load = f"{before} -> {load()}"
         print(latency_rows, flush=True)
@@ -217,7 +255,11 @@ def main(argv: list[str] | None = None) -> None:
         server.terminate()
         server.wait(timeout=60)
 
-    corpus = f"a subset of {len(dataset.documents):,} documents (every judged one and {args.docs:,} others)" if args.docs else "the whole corpus"
+    corpus = (
+        f"a subset of {len(dataset.documents):,} documents (every judged one and {args.docs:,} others)"
+        if args.docs
+        else "the whole corpus"
+    )
     body = (
         f"SciFact test ({len(dataset.queries)} claims) over {corpus}, the embedded index and its copy in Milvus "
         "(same vectors, no re-embedding):\n\n"
@@ -225,12 +267,15 @@ def main(argv: list[str] | None = None) -> None:
         + f"\n\nWarm search latency (ms, retrieval only, query vectors precomputed), {len(queries)} SciFact claims x "
         f"{args.rounds} rounds, the stores taking turns query by query; load average {latency_load}:\n\n"
         + markdown_table(["store", "mode", "p50", "p95"], latency_rows)
-        + ("" if not cost_rows else f"\n\nOne document upload: the store's write (`StoreWriter.apply`) on a collection of about {args.chunks:,} "
-        "passages (SciFact's documents repeated under new ids with their real vectors). The embedded store rebuilds "
-        "FAISS and BM25 and writes a new generation on every update; Milvus deletes and inserts that document's rows. "
-        "The pipeline's own work (cleaning, chunking, embedding the document) is the same for both and not included. "
-        "Seconds (load average at the end of each step):\n\n"
-        + markdown_table(UPLOAD_HEADERS, cost_rows))
+        + (
+            ""
+            if not cost_rows
+            else f"\n\nOne document upload: the store's write (`StoreWriter.apply`) on a collection of about {args.chunks:,} "
+            "passages (SciFact's documents repeated under new ids with their real vectors). The embedded store rebuilds "
+            "FAISS and BM25 and writes a new generation on every update; Milvus deletes and inserts that document's rows. "
+            "The pipeline's own work (cleaning, chunking, embedding the document) is the same for both and not included. "
+            "Seconds (load average at the end of each step):\n\n" + markdown_table(UPLOAD_HEADERS, cost_rows)
+        )
     )
     write_section("bench_milvus", "Milvus store vs embedded store", body)
     print(body)

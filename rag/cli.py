@@ -42,6 +42,7 @@ from rag.requests import (
     SearchRequest,
     make_request,
 )
+from rag.schema import page_label
 
 app = typer.Typer(
     help="Questions answered with citations you can check.",
@@ -87,6 +88,12 @@ def _service(index_dir: Path | None):
     from rag.service import RagService
 
     return RagService(_settings(index_dir))
+
+
+def _closed_with(ctx: typer.Context, service):
+    """`service`, closed (its embedded model's server stopped) when the command ends, however."""
+    ctx.call_on_close(service.close)
+    return service
 
 
 def _print_json(payload: object) -> None:
@@ -276,13 +283,14 @@ def search(
     if not response.results:
         out.print("No passages found.")
     for hit in response.results:
-        where = f"{hit.doc_id} [{hit.start}:{hit.end}]"
+        where = " ".join(filter(None, [hit.doc_id, page_label(hit), f"[{hit.start}:{hit.end}]"]))
         also = f"  (also in {', '.join(sorted({a.doc_id for a in hit.also_in}))})" if hit.also_in else ""
         out.print(Panel(escape(hit.text), title=f"{hit.rank}. {escape(hit.title)}", subtitle=f"{escape(where)}  score {hit.score:.4f}{escape(also)}", title_align="left", subtitle_align="left"))
 
 
 @app.command()
 def ask(
+    ctx: typer.Context,
     question: Annotated[Optional[str], typer.Argument(help="The question. Omit it with --file.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", help="Answer every question in this file: one per line, or JSON Lines with a `question` field.")] = None,
     k: Annotated[Optional[int], typer.Option("--k", "-k", help="Passages searched for evidence sentences (default: setting evidence.passages).")] = None,
@@ -303,7 +311,7 @@ def ask(
         AskOptions, k=k, mode=mode, doc_ids=doc, model=model, api_base=api_base,
         temperature=temperature, max_tokens=max_tokens, timeout_s=timeout,
     )
-    service = _service(index_dir)
+    service = _closed_with(ctx, _service(index_dir))
     if file is not None:
         _ask_batch(service, file, options, as_json)
         return
@@ -430,7 +438,7 @@ def _print_answer(response, show_answer: bool) -> None:
     for citation in response.citations:
         out.print(
             f"[bold][{citation.id}][/] {STATUS_STYLE[citation.supported]}  {escape(citation.title)} — "
-            f"{escape(citation.doc_id)} [{citation.start}:{citation.end}]"
+            f"{escape(citation.doc_id)} {escape(page_label(citation) + ' ') if citation.page else ''}[{citation.start}:{citation.end}]"
             + (f"  [dim]({escape(citation.reason)})[/]" if citation.reason else "")
         )
         out.print(f"    [italic]“{escape(' '.join(citation.text.split()))}”[/]")
@@ -440,6 +448,7 @@ def _print_answer(response, show_answer: bool) -> None:
 
 @app.command(name="eval")
 def evaluate(
+    ctx: typer.Context,
     target: Annotated[Optional[str], typer.Argument(help="A question set (JSON Lines), or `beir` followed by a BEIR dataset folder.")] = None,
     beir_dir: Annotated[Optional[Path], typer.Argument(help="With `beir`: the dataset folder (corpus.jsonl, queries.jsonl, qrels/).")] = None,
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option("--compare", help="Show two saved reports side by side.")] = None,
@@ -475,7 +484,7 @@ def evaluate(
         _evaluate_beir(beir_dir, mode, index_dir, as_json, split)
         return
     questions = evaluation.load_questions(Path(target))[:limit]
-    service = _service(index_dir)
+    service = _closed_with(ctx, _service(index_dir))
     options = _request(AskOptions, k=k, mode=mode, model=model)
     progress = _progress_bar("Answering")
     task = progress.add_task("eval", total=len(questions))
@@ -540,6 +549,7 @@ def _evaluate_beir(dataset: Path, mode: str | None, index_dir: Path | None, as_j
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     host: Annotated[Optional[str], typer.Option("--host", help="Address to bind (default: settings, 127.0.0.1).")] = None,
     port: Annotated[Optional[int], typer.Option("--port", min=0, max=65535, help="Port (default: settings, 7860).")] = None,
     corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Corpus folder: indexed at start, uploads are saved here (default: ./seeds).")] = None,
@@ -562,7 +572,7 @@ def serve(
     _check_can_listen(host, port)
     from rag.service import RagService
 
-    service = RagService(settings)
+    service = _closed_with(ctx, RagService(settings))
     with _embed_progress(settings.index.progress_every_s) as update:
         _print_report(service.update(paths=[settings.index.corpus_dir], progress=update))
     import uvicorn

@@ -18,13 +18,8 @@ from rag.errors import (
     IndexMissingError,
     RagError,
 )
-from rag.llm.local import (
-    BUNDLED_GGUF,
-    LOCAL_PROVIDER,
-    Progress,
-    default_cache_dir,
-    verify_bundled_gguf,
-)
+from rag.llm.gguf import BUNDLED_GGUF, Progress, default_cache_dir, verify_bundled_gguf
+from rag.llm.provider import LOCAL_PROVIDER
 from rag.stores.faiss_bm25.store import (
     compatibility_problems,
     current_generation,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 from pydantic import BaseModel, Field, field_validator
 
 # Titles are shown in every result and prefixed to every passage embedded: a heading or first
@@ -28,6 +30,11 @@ class Document(BaseModel):
     # File state at load time, to notice edits on disk after indexing.
     size: int = 0
     mtime_ns: int = 0
+    # Paged formats (PDF): the offset in `text` where each page starts; pages are joined by "\f".
+    pages: list[int] | None = None
+    # Formats whose reader knows their structure (PDF, Word): the spans to index, in order,
+    # used instead of the text-based cleaning of web pages (page furniture already left out).
+    blocks: list[Block] | None = None
 
     @field_validator("title")
     @classmethod
@@ -41,6 +48,15 @@ class Document(BaseModel):
         first_line = self.text.strip().split("\n", 1)[0]
         words = first_line.split()
         return short_title(" ".join(words[:12]) + (" …" if len(words) > 12 else "")) if words else self.doc_id
+
+    def page_fields(self, start: int, end: int) -> dict[str, int | list[int]]:
+        """`page` (the page of the span's first character) and, when it runs over more than one,
+        `pages` (every page it touches), for a span of a paged document; {} otherwise."""
+        if not self.pages:
+            return {}
+        first = max(1, bisect_right(self.pages, start))
+        last = max(first, bisect_right(self.pages, max(start, end - 1)))
+        return {"page": first, "pages": list(range(first, last + 1))} if last > first else {"page": first}
 
 
 class Span(BaseModel):
@@ -71,6 +87,9 @@ class Chunk(BaseModel):
     duplicate_of: str | None = None
     # Set on the first chunk of a group: where its near-identical copies live.
     copies: list[ChunkLocation] = Field(default_factory=list)
+    # Paged documents (PDF): the page of the first character; `pages` when the span crosses pages.
+    page: int | None = None
+    pages: list[int] | None = None
 
 
 class SearchHit(BaseModel):
@@ -85,6 +104,15 @@ class SearchHit(BaseModel):
     dense_score: float | None = None
     bm25_score: float | None = None
     also_in: list[ChunkLocation] = Field(default_factory=list)
+    page: int | None = None  # as on Chunk
+    pages: list[int] | None = None
+
+
+def page_label(ref: Chunk | SearchHit | Citation) -> str:
+    """"p. 3", or "pp. 3–4" for a span over pages 3 and 4; "" for documents without pages."""
+    if ref.page is None:
+        return ""
+    return f"pp. {ref.pages[0]}–{ref.pages[-1]}" if ref.pages else f"p. {ref.page}"
 
 
 class SearchResponse(BaseModel):
@@ -123,6 +151,8 @@ class Citation(BaseModel):
     # model: as the model cited it; corrected: the model cited a passage that does not state
     # this and the verifier found one that does; added: the model gave no citation.
     origin: str = "model"
+    page: int | None = None  # of the supporting span, as on Chunk
+    pages: list[int] | None = None
 
 
 class Evidence(BaseModel):
@@ -137,6 +167,8 @@ class Evidence(BaseModel):
     text: str
     score: float  # relevance to the question
     probability: float | None = None  # the model's probability that this sentence answers
+    page: int | None = None  # as on Chunk
+    pages: list[int] | None = None
 
 
 class AnswerSentence(BaseModel):
@@ -167,3 +199,6 @@ class AnswerResponse(BaseModel):
     evidence: list[Evidence] = Field(default_factory=list)
     # The answer as the model wrote it, before citation repair; its [n] count in `passages`.
     raw_answer: str | None = None
+
+
+Document.model_rebuild()  # `blocks` refers to Block, defined after Document

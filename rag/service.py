@@ -1,5 +1,6 @@
 """The library's front door: one object that the CLI, the HTTP API and the UI all call.
-Models and the index load once, on first use, and the index reloads after every update."""
+Models and the index load once, on first use, and the index reloads after every update.
+The embedded answer model's server is the service's own: `close()` (or a `with` block) stops it."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from rag.errors import (
     PayloadTooLargeError,
     UnknownDocumentError,
 )
-from rag.ingest.loading import SUPPORTED_SUFFIXES, LoadReport, load_file
+from rag.ingest.loading import SUPPORTED_LIST, SUPPORTED_SUFFIXES, LoadReport, load_file
 from rag.ingest.pipeline import EmbedProgress, IndexReport, update_index
+from rag.llm.local import LocalModel
 from rag.requests import AskRequest, CheckRequest, SearchRequest, make_request
 from rag.retrieve.retriever import Retriever
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
@@ -44,6 +46,7 @@ class RagService:
         self._store: Store | None = None
         self._retriever: Retriever | None = None
         self._answerer: Answerer | None = None
+        self._local_model: LocalModel | None = None
 
     def __enter__(self) -> RagService:
         return self
@@ -52,8 +55,14 @@ class RagService:
         self.close()
 
     def close(self) -> None:
-        """Release the loaded index and models."""
+        """Release the loaded index and models, and stop the embedded model's server if it
+        started. The service stays usable: a later use loads them again (and a later answer
+        starts a new server, which another close() stops)."""
         self._reset()
+        with self._lock:
+            local_model, self._local_model = self._local_model, None
+        if local_model is not None:
+            local_model.close()
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -75,10 +84,19 @@ class RagService:
         return self._retriever
 
     @property
+    def local_model(self) -> LocalModel:
+        """The embedded answer model for these settings (`local_llm`): made on first use, its
+        server started by its first answer and stopped by `close()`."""
+        with self._lock:
+            if self._local_model is None:
+                self._local_model = LocalModel(self.settings.local_llm)
+            return self._local_model
+
+    @property
     def answerer(self) -> Answerer:
         retriever = self.retriever
         if self._answerer is None or self._answerer.retriever is not retriever:
-            self._answerer = Answerer(retriever, self.embedder, self.settings)
+            self._answerer = Answerer(retriever, self.embedder, self.settings, self.local_model)
         return self._answerer
 
     def ask(self, request: AskRequest | str, **options: Any) -> AnswerResponse:
@@ -109,14 +127,17 @@ class RagService:
 
     def update(
         self,
-        paths: list[Path] | None = None,
+        paths: list[str | os.PathLike[str]] | None = None,
         remove: list[str] | None = None,
         rebuild: bool = False,
         progress: EmbedProgress | None = None,
         documents: list[Document] | None = None,
     ) -> IndexReport:
+        """Sync the index with `paths` (folders are mirrored, deletions included; files are
+        added or updated), drop the `remove` doc ids, add ready-made `documents`. Only new
+        and changed passages are embedded; `rebuild` re-embeds everything."""
         report = update_index(
-            self.settings, paths=paths, remove=remove, rebuild=rebuild,
+            self.settings, paths=[Path(path) for path in paths] if paths else None, remove=remove, rebuild=rebuild,
             embedder_factory=lambda: self.embedder, progress=progress, documents=documents,
         )
         if report.written:
@@ -222,5 +243,5 @@ def upload_name(filename: str) -> str:
         raise BadInputError(f"file name too long: {len(name.encode())} bytes of UTF-8, the limit is {MAX_NAME_BYTES}")
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES or not suffix:
-        raise BadInputError(f"unsupported file type '{suffix or name}' (use .txt, .md or .html)")
+        raise BadInputError(f"unsupported file type '{suffix or name}' (use {SUPPORTED_LIST})")
     return name

@@ -158,6 +158,47 @@ def test_html_planted_in_a_document_shows_as_text_in_the_answer(page, live_serve
         httpx.delete(f"{live_server.url}/documents/quarnby.txt", timeout=120)
 
 
+def test_a_pdf_citation_opens_its_rendered_page_with_the_span_outlined(page, live_server, tmp_path) -> None:
+    from doc_fixtures import report_pdf
+
+    pdf = report_pdf(tmp_path / "field-notes.pdf")
+    added = httpx.post(f"{live_server.url}/documents", files={"file": (pdf.name, pdf.read_bytes(), "application/pdf")}, timeout=300)
+    assert added.status_code == 201, added.text
+    try:
+        page.get_by_role("tab", name="Ask").click()
+        use_extractive_model(page)
+        page.locator("#question textarea").fill("How fast does the Merlin Glacier retreat each year?")
+        page.locator("#ask-button").click()
+        answer = page.locator('#chat [data-testid="bot"]').last
+        expect(answer).to_contain_text("twenty-five metres a year", timeout=120_000)
+        marker = answer.locator("a.cite").first
+        card_id = marker.get_attribute("href").split("#")[1]
+        marker.click()
+        card = page.locator(f"#{card_id}")
+        expect(card).to_contain_text("field-notes.pdf · p. 3")
+
+        images = []
+        page.context.on("response", lambda response: "/page-image/" in response.url and images.append(response))
+        with page.context.expect_page() as opened:
+            card.get_by_text("Open p. 3").click()
+        document = opened.value
+        document.wait_for_load_state("load")
+        figure = document.locator("figure#span")
+        expect(figure.locator("figcaption")).to_have_text("p. 3")
+        boxes = figure.locator("rect.span-box")
+        assert boxes.count() >= 1
+        picture = figure.locator("svg").bounding_box()
+        first = boxes.first.bounding_box()
+        # On the page, under its running header: the top quarter of the rendered sheet.
+        assert picture["x"] <= first["x"] and first["x"] + first["width"] <= picture["x"] + picture["width"]
+        assert picture["y"] < first["y"] < picture["y"] + picture["height"] / 4 and first["height"] > 3
+        assert [r.status for r in images] == [200] and images[0].header_value("content-type") == "image/png"
+        assert "twenty-five metres a year" in document.locator("mark").inner_text()
+        document.close()
+    finally:
+        httpx.delete(f"{live_server.url}/documents/field-notes.pdf", timeout=120)
+
+
 def test_the_interface_works_within_its_content_security_policy(page) -> None:
     assert page.csp_violations == []
 

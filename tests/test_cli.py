@@ -183,7 +183,7 @@ def test_serve_refuses_a_busy_port_or_missing_corpus_with_one_line(tmp_path) -> 
         ("[retrieval]\nk = \n", {}, "rag.toml is not valid TOML: Invalid value (at line 2, column 5)"),
         ("", {"RAG_RETRIEVAL__K": "abc"}, "setting retrieval.k (from RAG_RETRIEVAL__K): Input should be a valid integer"),
         ("[retrieval]\nk = 0\n", {}, "setting retrieval.k (from rag.toml): Input should be greater than or equal to 1"),
-        ("[retreival]\nk = 3\n", {}, "unknown setting retreival in rag.toml"),
+        ("[retreival]\nk = 3\n", {}, "unknown setting retreival (from rag.toml)"),
         ("[server]\nport = 99999\n", {"RAG_CONFIG": "other.toml"}, "setting server.port (from other.toml)"),
         ("", {"RAG_INDEX__DIR": "rag.toml"}, "setting index.dir rag.toml is a file, not an index folder"),
     ],

@@ -9,7 +9,7 @@ import pytest
 
 from rag.config import Settings
 from rag.doctor import check_answer_model, check_index, package_problems
-from rag.llm.local import BUNDLED_GGUF
+from rag.llm.gguf import BUNDLED_GGUF
 
 
 def record_line(name: str, data: bytes) -> str:

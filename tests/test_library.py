@@ -217,5 +217,5 @@ def test_the_readme_python_example_runs(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("6 documents,") and "529" in result.stdout
+    assert lines[0].startswith("5 documents,") and "529" in result.stdout
     assert (tmp_path / "my-index" / "CURRENT").is_file()

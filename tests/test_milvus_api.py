@@ -40,10 +40,14 @@ def milvus_env(server: MilvusServer, collection: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory, milvus_server) -> Iterator[LiveServer]:
     """`rag serve` as test_api's, its index in Milvus."""
-    yield from serve(tmp_path_factory, {
-        **milvus_env(milvus_server, f"api_{uuid.uuid4().hex[:8]}"),
-        "RAG_SERVER__MAX_UPLOAD_BYTES": str(TEST_UPLOAD_LIMIT), "RAG_SERVER__MAX_BODY_BYTES": str(TEST_BODY_LIMIT),
-    })
+    yield from serve(
+        tmp_path_factory,
+        {
+            **milvus_env(milvus_server, f"api_{uuid.uuid4().hex[:8]}"),
+            "RAG_SERVER__MAX_UPLOAD_BYTES": str(TEST_UPLOAD_LIMIT),
+            "RAG_SERVER__MAX_BODY_BYTES": str(TEST_BODY_LIMIT),
+        },
+    )
 
 
 @contextmanager

@@ -23,7 +23,11 @@ pytestmark = pytest.mark.slow
 
 def rag(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "rag.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "rag.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
     )
 
@@ -36,8 +40,16 @@ def milvus_env(uri: str, collection: str) -> dict[str, str]:
     ("env", "code", "message"),
     [
         (milvus_env("http://127.0.0.1:9", "c"), 1, "error: cannot reach Milvus at http://127.0.0.1:9 (store.uri): "),
-        (milvus_env("SERVER", "never_built"), 2, "error: no index in Milvus collection never_built at SERVER yet: run `rag index` first"),
-        ({**milvus_env("SERVER", "c"), "RAG_STORE__BACKEND": "mongo"}, 2, "error: setting store.backend (from RAG_STORE__BACKEND): "),
+        (
+            milvus_env("SERVER", "never_built"),
+            2,
+            "error: no index in Milvus collection never_built at SERVER yet: run `rag index` first",
+        ),
+        (
+            {**milvus_env("SERVER", "c"), "RAG_STORE__BACKEND": "mongo"},
+            2,
+            "error: setting store.backend (from RAG_STORE__BACKEND): ",
+        ),
         (milvus_env("SERVER", "bad-name"), 2, "error: setting store.collection (from RAG_STORE__COLLECTION): "),
         (milvus_env("", "c"), 2, "error: setting store.uri is empty"),
         (milvus_env("foo://x", "c"), 2, "error: setting store.uri 'foo://x' is not usable: "),
@@ -56,8 +68,10 @@ def writing_rows(client: MilvusClient) -> bool:
     if not all(client.has_collection(f"killed_{name}") for name in ("chunks", "documents", "meta")):
         return False
     try:
-        return bool(client.get("killed_meta", ids=["update"])) and client.query(
-            "killed_documents", filter="", output_fields=["count(*)"])[0]["count(*)"] > 0
+        return (
+            bool(client.get("killed_meta", ids=["update"]))
+            and client.query("killed_documents", filter="", output_fields=["count(*)"])[0]["count(*)"] > 0
+        )
     except MilvusException:  # created but not loaded yet
         return False
 
@@ -69,8 +83,12 @@ def test_a_server_killed_mid_index_fails_the_run_and_the_next_run_restores_the_c
     server = start_milvus(tmp_path / "data", port)
     env = milvus_env(server.uri, "killed")
     run = subprocess.Popen(
-        [sys.executable, "-m", "rag.cli", "index", str(corpus)], cwd=tmp_path, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        [sys.executable, "-m", "rag.cli", "index", str(corpus)],
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
     )
     # Kill the server (SIGKILL) as soon as the update has started writing rows.
     try:
@@ -91,7 +109,9 @@ def test_a_server_killed_mid_index_fails_the_run_and_the_next_run_restores_the_c
     try:
         damaged = rag(["search", "party cells"], env, tmp_path)
         assert damaged.returncode == 1
-        assert damaged.stderr.startswith(f"error: index in Milvus collection killed at {server.uri} is damaged (an update of ")
+        assert damaged.stderr.startswith(
+            f"error: index in Milvus collection killed at {server.uri} is damaged (an update of "
+        )
         again = rag(["index", str(corpus), "--json"], env, tmp_path)
         assert again.returncode == 0, again.stderr
         assert "was interrupted" in " ".join(json.loads(again.stdout)["rebuilt_because"])
@@ -99,8 +119,14 @@ def test_a_server_killed_mid_index_fails_the_run_and_the_next_run_restores_the_c
         files = rag(["index", str(corpus)], {"RAG_INDEX__DIR": str(tmp_path / "files")}, tmp_path)
         assert files.returncode == 0, files.stderr
         client = MilvusClient(uri=server.uri)
-        chunk_ids = [r["chunk_id"] for r in client.query("killed_chunks", filter='chunk_id != ""', output_fields=["chunk_id"], limit=16_384)]
-        doc_ids = [r["doc_id"] for r in client.query("killed_documents", filter="part == 0", output_fields=["doc_id"], limit=16_384)]
+        chunk_ids = [
+            r["chunk_id"]
+            for r in client.query("killed_chunks", filter='chunk_id != ""', output_fields=["chunk_id"], limit=16_384)
+        ]
+        doc_ids = [
+            r["doc_id"]
+            for r in client.query("killed_documents", filter="part == 0", output_fields=["doc_id"], limit=16_384)
+        ]
         client.close()
         assert len(chunk_ids) == len(set(chunk_ids))  # no duplicates
         assert sorted(doc_ids) == sorted(p.name for p in corpus.iterdir())
@@ -117,13 +143,30 @@ def test_migrate_copies_an_index_both_ways_without_embedding(milvus_server, tmp_
     no_model = {**env, "RAG_EMBEDDING__MODEL": str(tmp_path / "no-model")}
     there = rag(["migrate", "--to", "milvus", "--index-dir", str(files)], no_model, tmp_path)
     assert there.returncode == 0, there.stderr
-    assert "Copied 5 documents, " in there.stdout and "to Milvus collection migrated at" in " ".join(there.stdout.split())
-    back = rag(["migrate", "--to", "faiss", "--index-dir", str(tmp_path / "back")], {**no_model, "RAG_STORE__BACKEND": "milvus"}, tmp_path)
+    assert "Copied 5 documents, " in there.stdout and "to Milvus collection migrated at" in " ".join(
+        there.stdout.split()
+    )
+    back = rag(
+        ["migrate", "--to", "faiss", "--index-dir", str(tmp_path / "back")],
+        {**no_model, "RAG_STORE__BACKEND": "milvus"},
+        tmp_path,
+    )
     assert back.returncode == 0, back.stderr
 
     def search(env: dict[str, str], index_dir: Path, mode: str) -> list:
-        done = rag(["search", "How many commune-level military party cells were established?", "--mode", mode,
-                    "--json", "--index-dir", str(index_dir)], env, tmp_path)
+        done = rag(
+            [
+                "search",
+                "How many commune-level military party cells were established?",
+                "--mode",
+                mode,
+                "--json",
+                "--index-dir",
+                str(index_dir),
+            ],
+            env,
+            tmp_path,
+        )
         assert done.returncode == 0, done.stderr
         return [(h["chunk_id"], h["start"], h["end"]) for h in json.loads(done.stdout)["results"]]
 

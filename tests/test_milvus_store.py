@@ -35,12 +35,18 @@ def paragraph(topic: str, detail: str) -> str:
 
 SHARED = paragraph("Varnholm lighthouse", "It was automated in 1987 after ninety years of keepers living on the cape.")
 FILES = {
-    "lighthouse.txt": "Lighthouses of the north\n\n" + SHARED + "\n\n" + paragraph(
-        "keeper's cottage", "Its roof was rebuilt with slate from the Brennick quarry in 1911."),
-    "bees.md": "# Bees\n\n" + paragraph("apiary of Kestwick", "Its forty hives produce heather honey every August.")
-    + "\n\n" + paragraph("queen rearing shed", "Swarms are caught in straw skeps hung beneath the eaves."),
-    "copy.txt": "Reprinted notes\n\n" + SHARED + "\n\n" + paragraph(
-        "harbour crane", "A steam crane of 1893 still lifts the ferry gangway on festival days."),
+    "lighthouse.txt": "Lighthouses of the north\n\n"
+    + SHARED
+    + "\n\n"
+    + paragraph("keeper's cottage", "Its roof was rebuilt with slate from the Brennick quarry in 1911."),
+    "bees.md": "# Bees\n\n"
+    + paragraph("apiary of Kestwick", "Its forty hives produce heather honey every August.")
+    + "\n\n"
+    + paragraph("queen rearing shed", "Swarms are caught in straw skeps hung beneath the eaves."),
+    "copy.txt": "Reprinted notes\n\n"
+    + SHARED
+    + "\n\n"
+    + paragraph("harbour crane", "A steam crane of 1893 still lifts the ferry gangway on festival days."),
 }
 
 
@@ -51,11 +57,15 @@ def write_corpus(folder: Path, files: dict[str, str]) -> Path:
     return folder
 
 
-def settings_for(backend: str, tmp_path: Path, corpus: Path, request: pytest.FixtureRequest, collection: str | None = None) -> Settings:
+def settings_for(
+    backend: str, tmp_path: Path, corpus: Path, request: pytest.FixtureRequest, collection: str | None = None
+) -> Settings:
     settings = make_settings(tmp_path / f"index-{uuid.uuid4().hex[:6]}", corpus)
     if backend == "milvus":
         server = request.getfixturevalue("milvus_server")
-        settings = settings.replace(store={"backend": "milvus", "uri": server.uri, "collection": collection or f"t_{uuid.uuid4().hex[:12]}"})
+        settings = settings.replace(
+            store={"backend": "milvus", "uri": server.uri, "collection": collection or f"t_{uuid.uuid4().hex[:12]}"}
+        )
     return settings
 
 
@@ -75,7 +85,9 @@ def indexed(backend: str, tmp_path: Path, corpus: Path, request, embedder) -> Ra
     return service
 
 
-def test_results_reproduce_their_offsets_in_every_mode_and_honour_filters(backend, tmp_path, corpus, request, embedder) -> None:
+def test_results_reproduce_their_offsets_in_every_mode_and_honour_filters(
+    backend, tmp_path, corpus, request, embedder
+) -> None:
     service = indexed(backend, tmp_path, corpus, request, embedder)
     assert sorted(service.store.documents) == sorted(FILES)
     for mode in MODES:
@@ -101,12 +113,18 @@ def test_near_copies_are_searchable_and_shown_once(backend, tmp_path, corpus, re
 
 
 def results(service: RagService, query: str) -> dict[str, list[tuple[str, int, int]]]:
-    return {mode: [(h.chunk_id, h.start, h.end) for h in service.search(query, k=10, mode=mode).results] for mode in MODES}
+    return {
+        mode: [(h.chunk_id, h.start, h.end) for h in service.search(query, k=10, mode=mode).results] for mode in MODES
+    }
 
 
-def test_incremental_updates_equal_a_fresh_build_with_no_stale_rows(backend, tmp_path, corpus, request, embedder) -> None:
+def test_incremental_updates_equal_a_fresh_build_with_no_stale_rows(
+    backend, tmp_path, corpus, request, embedder
+) -> None:
     service = indexed(backend, tmp_path, corpus, request, embedder)
-    (corpus / "bees.md").write_text("# Bees\n\n" + paragraph("apiary of Kestwick", "A zeppelin once landed beside its hives."))
+    (corpus / "bees.md").write_text(
+        "# Bees\n\n" + paragraph("apiary of Kestwick", "A zeppelin once landed beside its hives.")
+    )
     (corpus / "copy.txt").unlink()
     (corpus / "ferry.txt").write_text(paragraph("night ferry to Osterby", "It sails at midnight with the mail sacks."))
     report = service.update(paths=[corpus])
@@ -118,7 +136,9 @@ def test_incremental_updates_equal_a_fresh_build_with_no_stale_rows(backend, tmp
     assert service.store.chunk_total == sum(c.chunks for c in counts.values())
     assert counts["lighthouse.txt"].duplicates == 0  # its copy is gone
     for mode in MODES:
-        assert all(h.doc_id != "copy.txt" for h in service.search("harbour steam crane gangway", k=10, mode=mode).results)
+        assert all(
+            h.doc_id != "copy.txt" for h in service.search("harbour steam crane gangway", k=10, mode=mode).results
+        )
     assert not service.search("straw skeps swarms eaves", k=10, mode="bm25").results  # the old paragraph of bees.md
     assert service.search("zeppelin", k=1, mode="bm25").results[0].doc_id == "bees.md"
 
@@ -132,7 +152,9 @@ def test_an_index_built_otherwise_is_refused_and_rebuilt(backend, tmp_path, corp
     service = indexed(backend, tmp_path, corpus, request, embedder)
     other = service.settings.replace(chunking={"target_words": 60, "max_words": 90, "min_words": 10})
     changed = make_service(other, embedder)
-    with pytest.raises(IncompatibleIndexError, match=r"was built with other chunking settings: run `rag index` to rebuild it"):
+    with pytest.raises(
+        IncompatibleIndexError, match=r"was built with other chunking settings: run `rag index` to rebuild it"
+    ):
         changed.search("lighthouse", k=1)
     report = changed.update(paths=[corpus], rebuild=True)
     assert report.written and "--rebuild" in report.rebuilt_because
@@ -149,11 +171,18 @@ def test_the_backends_rank_alike(tmp_path, corpus, request, embedder) -> None:
             assert [h.score for h in a] == pytest.approx([h.score for h in b], rel=1e-3), (query, mode)
 
 
-def test_a_missing_collection_and_an_unreachable_server_are_one_line_errors(tmp_path, corpus, request, embedder) -> None:
+def test_a_missing_collection_and_an_unreachable_server_are_one_line_errors(
+    tmp_path, corpus, request, embedder
+) -> None:
     service = make_service(settings_for("milvus", tmp_path, corpus, request, collection="never_built"), embedder)
-    with pytest.raises(Exception, match=r"^no index in Milvus collection never_built at http://127\.0\.0\.1:\d+ yet: run `rag index` first$"):
+    with pytest.raises(
+        Exception,
+        match=r"^no index in Milvus collection never_built at http://127\.0\.0\.1:\d+ yet: run `rag index` first$",
+    ):
         service.search("lighthouse")
-    settings = settings_for("milvus", tmp_path, corpus, request).replace(store={"uri": "http://127.0.0.1:9"})  # nothing listens
+    settings = settings_for("milvus", tmp_path, corpus, request).replace(
+        store={"uri": "http://127.0.0.1:9"}
+    )  # nothing listens
     with pytest.raises(StoreUnavailableError, match=r"^cannot reach Milvus at http://127\.0\.0\.1:9 \(store\.uri\)"):
         make_service(settings, embedder).search("lighthouse")
 
@@ -190,8 +219,14 @@ def test_doctor_checks_the_milvus_index(tmp_path, corpus, request, embedder) -> 
 
 
 @hypothesis_settings(max_examples=40, deadline=None)
-@given(names=st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=30),
-                      min_size=1, max_size=4, unique=True))
+@given(
+    names=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=30),
+        min_size=1,
+        max_size=4,
+        unique=True,
+    )
+)
 def test_filter_literals_match_exactly_the_names_given(milvus_filter_collection, names) -> None:
     """Doc ids are file names: quotes, backslashes and newlines in them must not break or widen a filter."""
     client, name = milvus_filter_collection

@@ -15,6 +15,7 @@ import gradio as gr
 
 from rag.config import EXTRACTIVE
 from rag.errors import RagError
+from rag.ingest.loading import SUPPORTED_LIST, SUPPORTED_SUFFIXES
 from rag.requests import AskRequest, SearchRequest, Turn
 from rag.schema import AnswerResponse
 from rag.serve.access import LOGOUT_PATH, Keys, Role, check_client_model
@@ -107,8 +108,8 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
                 with gr.Row(equal_height=False):
                     with gr.Column():
                         upload = gr.File(
-                            label="Add documents (.txt, .md, .html)", file_count="multiple",
-                            file_types=[".txt", ".md", ".markdown", ".html", ".htm"], elem_id="upload",
+                            label=f"Add documents ({SUPPORTED_LIST})", file_count="multiple",
+                            file_types=sorted(s for s in SUPPORTED_SUFFIXES if s), elem_id="upload",
                         )
                         add = gr.Button("Add to index", variant="primary", elem_id="add-button")
                     with gr.Column():

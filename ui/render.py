@@ -7,8 +7,12 @@ from __future__ import annotations
 import html
 from urllib.parse import quote, urlencode
 
-from rag.schema import AnswerResponse, AnswerSentence, Citation, Document, SearchHit
+from rag.ingest.pdf import PAGE_BREAK, PageBoxes
+from rag.schema import AnswerResponse, AnswerSentence, Citation, Document, SearchHit, page_label
 from rag.verify.citations import MARKER
+
+# Width in pixels the document page asks PDF pages to be rendered at (sharp at twice its column).
+PAGE_WIDTH_PX = 1400
 
 VERDICT = {True: ("supported", "✓ Supported"), False: ("unsupported", "✗ Not supported"), None: ("unchecked", "Not checked")}
 STATUS_NOTE = {
@@ -104,10 +108,20 @@ def _citation_card(citation: Citation, response: AnswerResponse, turn: int) -> s
         f'<header><span class="cite-num">[{citation.id}]</span><span class="source-title">{html.escape(citation.title)}</span>'
         f'<span class="verdict {css}">{label}</span></header>'
         f'<div class="passage">{body}</div>{origin}'
-        f'<footer><span>{html.escape(citation.doc_id)} · characters {citation.start}–{citation.end}{score}</span>'
-        f'<a href="{viewer_url(citation.doc_id, citation.start, citation.end)}" target="_blank" rel="noopener">Open document ↗</a></footer>'
+        f'<footer><span>{html.escape(citation.doc_id)}{_page_part(citation)} · characters {citation.start}–{citation.end}{score}</span>'
+        f'<a href="{viewer_url(citation.doc_id, citation.start, citation.end)}" target="_blank" rel="noopener">{_open_label(citation)}</a></footer>'
         "</article>"
     )
+
+
+def _page_part(ref: Citation | SearchHit) -> str:
+    label = page_label(ref)
+    return f' · <span class="page">{label}</span>' if label else ""
+
+
+def _open_label(ref: Citation | SearchHit) -> str:
+    label = page_label(ref)
+    return f"Open {label} ↗" if label else "Open document ↗"
 
 
 def _passage_card(hit: SearchHit, scores: bool = False) -> str:
@@ -124,8 +138,8 @@ def _passage_card(hit: SearchHit, scores: bool = False) -> str:
         f'<article class="source-card passage-card"><header><span class="cite-num">{hit.rank}.</span>'
         f'<span class="source-title">{html.escape(hit.title)}</span></header>'
         f'<div class="passage">{html.escape(hit.text)}</div>'
-        f'<footer><span>{html.escape(hit.doc_id)} · characters {hit.start}–{hit.end}{detail}{also}</span>'
-        f'<a href="{viewer_url(hit.doc_id, hit.start, hit.end)}" target="_blank" rel="noopener">Open document ↗</a></footer></article>'
+        f'<footer><span>{html.escape(hit.doc_id)}{_page_part(hit)} · characters {hit.start}–{hit.end}{detail}{also}</span>'
+        f'<a href="{viewer_url(hit.doc_id, hit.start, hit.end)}" target="_blank" rel="noopener">{_open_label(hit)}</a></footer></article>'
     )
 
 
@@ -141,14 +155,25 @@ def reading_html(hits: list[SearchHit]) -> str:
     return f'<div class="reading"><strong>Reading {len(hits)} passages…</strong><ol>{items}</ol></div>'
 
 
-def document_page(doc: Document, start: int | None, end: int | None) -> str:
+def document_page(
+    doc: Document, start: int | None, end: int | None, pages: list[PageBoxes] | None = None, notice: str | None = None,
+) -> str:
     """A whole document with one span highlighted; links to it end in #span, which scrolls the
-    span into view (the page runs no script: its Content-Security-Policy allows none)."""
+    span into view (the page runs no script: its Content-Security-Policy allows none). For a
+    PDF, the pages the span lies on come first, rendered, with its character boxes outlined,
+    and the text marks where each page begins."""
     text = doc.text
+    anchor = ' id="span"' if not pages else ""
     if start is not None and end is not None and 0 <= start <= end <= len(text):
-        body = f'{html.escape(text[:start])}<mark id="span">{html.escape(text[start:end])}</mark>{html.escape(text[end:])}'
+        body = f'{html.escape(text[:start])}<mark{anchor}>{html.escape(text[start:end])}</mark>{html.escape(text[end:])}'
     else:
-        body = f'<span id="span"></span>{html.escape(text)}'
+        body = f'<span{anchor}></span>{html.escape(text)}'
+    if doc.pages:  # the form feeds between pages become page labels
+        parts = body.split(PAGE_BREAK)
+        body = parts[0] + "".join(f'<span class="page-break">p. {n}</span>{part}' for n, part in enumerate(parts[1:], start=2))
+        body = f'<span class="page-break">p. 1</span>{body}'
+    figures = "".join(_page_figure(doc.doc_id, page, first=i == 0) for i, page in enumerate(pages or []))
+    note = f'<p class="notice">{html.escape(notice)}</p>' if notice else ""
     source = f'<p class="meta"><a href="{html.escape(doc.source_url)}" rel="noopener">{html.escape(doc.source_url)}</a></p>' if doc.source_url else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -159,10 +184,35 @@ h1 {{ font-size: 1.5rem; line-height: 1.3; }} .meta {{ color: #52606d; font-size
 .text {{ white-space: pre-wrap; overflow-wrap: anywhere; }}
 mark {{ background: #ffe58a; padding: .1em 0; border-radius: 2px; box-shadow: 0 0 0 2px #ffe58a; }}
 #span {{ scroll-margin-top: 40vh; }} /* the link's #span puts the span mid-screen, with no script */
+figure.pdf-page {{ margin: 0 0 1.5rem; }} figure.pdf-page#span {{ scroll-margin-top: 1rem; }}
+figure.pdf-page svg {{ width: 100%; height: auto; border: 1px solid #cbd2d9; box-shadow: 0 1px 6px rgba(0,0,0,.12); background: #fff; }}
+figcaption {{ color: #52606d; font-size: .9rem; }}
+.span-box {{ fill: #ffd43b; fill-opacity: .4; stroke: #e8590c; stroke-width: 1.2; }}
+.page-break {{ display: block; margin: 1rem 0 .3rem; padding-top: .3rem; border-top: 1px dashed #cbd2d9; color: #7b8794; font-size: .8rem; }}
+.notice {{ background: #fff4e6; border-left: 4px solid #f08c00; padding: .5rem .8rem; }}
 </style></head><body>
-<h1>{html.escape(doc.display_title)}</h1><p class="meta">{html.escape(doc.doc_id)}</p>{source}
-<div class="text">{body}</div>
+<h1>{html.escape(doc.display_title)}</h1><p class="meta">{html.escape(doc.doc_id)}</p>{source}{note}
+{figures}<div class="text">{body}</div>
 </body></html>"""
+
+
+def _page_figure(doc_id: str, page: PageBoxes, first: bool) -> str:
+    """A rendered page (an image the server draws, /page-image/) with the span's boxes over it,
+    in an SVG in the page's own coordinates (points), so the boxes stay on their characters at
+    any width. The image's URL is relative: up from /view/<doc_id> to the root."""
+    up = "../" * (doc_id.count("/") + 1)
+    src = html.escape(f"{up}page-image/{quote(doc_id)}?{urlencode({'page': page.page, 'width': PAGE_WIDTH_PX})}")
+    pad = 1.5  # points around each box, so the outline does not cut through the letters
+    rects = "".join(
+        f'<rect class="span-box" x="{x - pad:.1f}" y="{y - pad:.1f}" width="{w + 2 * pad:.1f}" height="{h + 2 * pad:.1f}" rx="2"/>'
+        for x, y, w, h in page.boxes
+    )
+    anchor = ' id="span"' if first else ""
+    return (
+        f'<figure class="pdf-page"{anchor}><figcaption>p. {page.page}</figcaption>'
+        f'<svg viewBox="0 0 {page.width:.1f} {page.height:.1f}" role="img" aria-label="Page {page.page}, the cited text outlined">'
+        f'<image href="{src}" x="0" y="0" width="{page.width:.1f}" height="{page.height:.1f}"/>{rects}</svg></figure>'
+    )
 
 
 def _shorten(text: str, limit: int) -> str:

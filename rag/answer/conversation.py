@@ -8,6 +8,7 @@ import re
 from rag.answer.prompts import rewrite_messages
 from rag.config import EXTRACTIVE, Settings
 from rag.llm.generation import GenerationError, stream_completion
+from rag.llm.local import LocalModel
 from rag.requests import Turn
 from rag.verify.citations import strip_markers
 
@@ -28,9 +29,13 @@ def needs_context(question: str) -> bool:
     return bool(REFERRING.search(question)) or len(question.split()) <= SHORT_FOLLOW_UP_WORDS
 
 
-def standalone_question(question: str, history: list[Turn], model: str, settings: Settings, api_base: str | None = None) -> str:
+def standalone_question(
+    question: str, history: list[Turn], model: str, settings: Settings, api_base: str | None = None,
+    local_model: LocalModel | None = None,
+) -> str:
     """The question to search for. With the extractive model (no LLM) or when the LLM fails,
-    the previous question is prepended, which gives retrieval the missing referent."""
+    the previous question is prepended, which gives retrieval the missing referent.
+    `local_model` answers `local/...` models."""
     if not history or not needs_context(question):
         return question
     turns = [(t.question, strip_markers(t.answer)) for t in history[-HISTORY_TURNS:]]
@@ -41,7 +46,7 @@ def standalone_question(question: str, history: list[Turn], model: str, settings
     try:
         text = "".join(stream_completion(
             rewrite_messages(question, turns), model=model, api_base=api_base or cfg.api_base,
-            temperature=0.0, max_tokens=REWRITE_MAX_TOKENS, timeout_s=cfg.timeout_s, local_settings=settings.local_llm,
+            temperature=0.0, max_tokens=REWRITE_MAX_TOKENS, timeout_s=cfg.timeout_s, local_model=local_model,
         ))
     except GenerationError:
         return fallback

@@ -48,7 +48,8 @@ from rag.llm.generation import (
     first_token_probabilities,
     stream_completion,
 )
-from rag.llm.local import is_local_model
+from rag.llm.local import LocalModel
+from rag.llm.provider import is_local_model
 from rag.requests import AskOptions, AskRequest
 from rag.retrieve.retriever import Retriever, validate_query
 from rag.schema import AnswerResponse, AnswerSentence, Citation, Evidence, SearchHit
@@ -97,10 +98,11 @@ Guard = Callable[[Draft], str | None]
 
 
 class Answerer:
-    def __init__(self, retriever: Retriever, embedder: Embedder, settings: Settings):
+    def __init__(self, retriever: Retriever, embedder: Embedder, settings: Settings, local_model: LocalModel | None = None):
         self.retriever = retriever
         self.embedder = embedder
         self.settings = settings
+        self.local_model = local_model  # answers `local/...` models
         self.verifier = Verifier(embedder, settings.verification)
         self.sentence_vectors = SentenceVectors(embedder, settings.evidence.cache_sentences)
 
@@ -122,7 +124,7 @@ class Answerer:
         timings: dict[str, float] = {}
         started = clock = time.perf_counter()
 
-        query = standalone_question(question, request.history, model, self.settings, request.api_base)
+        query = standalone_question(question, request.history, model, self.settings, request.api_base, self.local_model)
         if query != question:
             timings["rewrite"] = _ms(clock)
             clock = time.perf_counter()
@@ -213,14 +215,14 @@ class Answerer:
         messages = self.choice_prompt(draft)
         api_base, timeout_s = options.api_base or cfg.api_base, options.timeout_s or cfg.timeout_s
         probabilities = first_token_probabilities(
-            messages, model=draft.model, api_base=api_base, timeout_s=timeout_s, local_settings=self.settings.local_llm,
+            messages, model=draft.model, api_base=api_base, timeout_s=timeout_s, local_model=self.local_model,
         )
         if probabilities:
             choice = choice_from_probabilities(probabilities, len(draft.evidence))
         else:  # a provider without token probabilities: read the labels it writes
             reply = "".join(stream_completion(
                 messages, model=draft.model, api_base=api_base, temperature=0.0, max_tokens=8, timeout_s=timeout_s,
-                local_settings=self.settings.local_llm,
+                local_model=self.local_model,
             ))
             choice = choice_from_reply(reply, len(draft.evidence))
         draft.choice = choice
@@ -283,7 +285,7 @@ class Answerer:
             temperature=cfg.temperature if options.temperature is None else options.temperature,
             max_tokens=options.max_tokens or cfg.max_tokens,
             timeout_s=options.timeout_s or cfg.timeout_s,
-            local_settings=self.settings.local_llm,
+            local_model=self.local_model,
             logit_bias=bias,
         ):
             text += piece
@@ -348,6 +350,7 @@ class Answerer:
                 number=n, passage=s.passage + 1, doc_id=draft.passages[s.passage].doc_id,
                 chunk_id=draft.passages[s.passage].chunk_id, start=s.span.start, end=s.span.end, text=s.text,
                 score=round(s.score, 4), probability=round(p[n - 1], 4) if p else None,
+                **self.retriever.store.documents[draft.passages[s.passage].doc_id].page_fields(s.span.start, s.span.end),
             )
             for n, s in enumerate(draft.evidence, start=1)
         ]
@@ -394,6 +397,7 @@ class Answerer:
                 start=verdict.span.start, end=verdict.span.end, text=documents[hit.doc_id].text[verdict.span.start : verdict.span.end],
                 chunk_start=hit.start, chunk_end=hit.end, title=hit.title, supported=verdict.supported,
                 score=round(verdict.score, 4), reason=reason, origin=origin,
+                **documents[hit.doc_id].page_fields(verdict.span.start, verdict.span.end),
             ))
             return len(citations)
 

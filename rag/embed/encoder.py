@@ -15,7 +15,7 @@ import numpy as np
 from rag.config import BUNDLED_EMBEDDING_MODEL, EmbeddingSettings
 from rag.embed.onnx_int8 import OnnxInt8Encoder, ensure_export
 from rag.errors import BadInputError
-from rag.llm.local import default_cache_dir
+from rag.llm.gguf import default_cache_dir
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

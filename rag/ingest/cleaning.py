@@ -251,8 +251,11 @@ def clean_document(doc: Document, boilerplate_lines: set[str], settings: Cleanin
 
 
 def clean_corpus(documents: list[Document], settings: CleaningSettings) -> dict[str, list[Block]]:
-    boilerplate = repeated_lines(documents, settings) if settings.enabled else set()
-    return {doc.doc_id: clean_document(doc, boilerplate, settings) for doc in documents}
+    """Kept blocks per document. PDF and Word documents come with their blocks from their
+    reader (rag/ingest/), which knows their layout; the rules here are for scraped pages."""
+    pages = [doc for doc in documents if doc.blocks is None]
+    boilerplate = repeated_lines(pages, settings) if settings.enabled else set()
+    return {doc.doc_id: doc.blocks if doc.blocks is not None else clean_document(doc, boilerplate, settings) for doc in documents}
 
 
 def heading_title(doc: Document, blocks: list[Block]) -> str | None:

@@ -1,4 +1,4 @@
-"""Read plain text, Markdown and HTML files into Documents.
+"""Read plain text, Markdown, HTML, PDF and Word (.docx) files into Documents.
 
 Text is decoded as UTF-8 without newline translation, so offsets match the bytes on disk as
 decoded. Files that cannot be documents (binary, empty, undecodable, unknown type, over the
@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag.errors import BadInputError
+from rag.ingest.docx import read_docx
+from rag.ingest.formats import Extracted, UnreadableDocumentError
+from rag.ingest.pdf import read_pdf
 from rag.schema import Document
 
 log = logging.getLogger(__name__)
@@ -20,7 +23,10 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = {".txt", ".text", ""}
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES
+# Binary formats: their readers build the text and say which spans to index (rag/ingest/).
+BINARY_READERS = {".pdf": ("pdf", read_pdf), ".docx": ("docx", read_docx)}
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | set(BINARY_READERS)
+SUPPORTED_LIST = ".txt, .md, .html, .pdf or .docx"
 
 SOURCE_URL = re.compile(r"^[ \t]*Source:[ \t]*(https?://\S+)", re.MULTILINE | re.IGNORECASE)
 MARKDOWN_TITLE = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
@@ -53,7 +59,7 @@ def discover(path: Path) -> tuple[Path, list[Path]]:
 def load_file(path: Path, root: Path, report: LoadReport, max_bytes: int) -> Document | None:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        report.skip(path, f"unsupported file type '{suffix}' (use .txt, .md or .html)")
+        report.skip(path, f"unsupported file type '{suffix}' (use {SUPPORTED_LIST})")
         return None
     try:
         stat = path.stat()
@@ -69,6 +75,25 @@ def load_file(path: Path, root: Path, report: LoadReport, max_bytes: int) -> Doc
     if len(data) > max_bytes:
         report.skip(path, f"over the limit of {max_bytes:,} bytes (index.max_file_bytes)")
         return None
+    doc_id = path.relative_to(root).as_posix()
+    sha = hashlib.sha256(data).hexdigest()
+    if suffix in BINARY_READERS:
+        fmt, reader = BINARY_READERS[suffix]
+        try:
+            extracted: Extracted = reader(data)
+        except UnreadableDocumentError as exc:
+            report.skip(path, str(exc))
+            return None
+        if not extracted.text.strip():
+            report.skip(path, "no text (empty file or nothing extractable)")
+            return None
+        for warning in extracted.warnings:
+            log.warning("%s: %s", path, warning)
+        return Document(
+            doc_id=doc_id, path=str(path), root=str(root), text=extracted.text, sha256=sha, format=fmt,
+            title=extracted.title, size=stat.st_size, mtime_ns=stat.st_mtime_ns, pages=extracted.pages,
+            blocks=extracted.blocks,
+        )
     if b"\x00" in data[:8192]:
         report.skip(path, "binary file")
         return None
@@ -77,8 +102,6 @@ def load_file(path: Path, root: Path, report: LoadReport, max_bytes: int) -> Doc
     except UnicodeDecodeError as exc:
         report.skip(path, f"not UTF-8 text (byte {exc.start})")
         return None
-    doc_id = path.relative_to(root).as_posix()
-    sha = hashlib.sha256(data).hexdigest()
     if suffix in HTML_SUFFIXES:
         text, title, url = _extract_html(raw)
         fmt = "html"

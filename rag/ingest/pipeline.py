@@ -26,6 +26,7 @@ from rag.ingest.cleaning import clean_corpus, heading_title
 from rag.ingest.dedup import group_duplicates
 from rag.ingest.loading import load_paths
 from rag.schema import Chunk, Document, short_title
+from rag.stores import open_writer
 from rag.stores.base import (
     Changes,
     DocumentRows,
@@ -36,7 +37,6 @@ from rag.stores.base import (
     new_manifest_time,
     package_versions,
 )
-from rag.stores import open_writer
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _changes(
         if doc.title is None and (title := heading_title(doc, blocks[doc_id])):
             docs[doc_id] = doc.model_copy(update={"title": short_title(title)})
     chunks = [
-        chunk
+        chunk.model_copy(update=docs[doc_id].page_fields(chunk.start, chunk.end)) if docs[doc_id].pages else chunk
         for doc_id in sorted(docs)
         for chunk in chunk_document(doc_id, docs[doc_id].text, blocks[doc_id], settings.chunking)
     ]

@@ -8,12 +8,13 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rag.config import LocalLLMSettings
 from rag.errors import BadInputError, RagError
+from rag.llm.provider import LOCAL_MODEL_PARAM, as_rag_error, is_local_model, load_litellm, register_local_provider
 
-# litellm must not fetch its model price map over the network at import time.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+if TYPE_CHECKING:
+    from rag.llm.local import LocalModel
 
 
 class GenerationError(RagError):
@@ -28,13 +29,9 @@ UNKNOWN_MODEL = (
 
 def check_model(model: str, api_base: str | None) -> None:
     """Refuse a model string litellm cannot route, before any work is done for it."""
-    import litellm
-
-    from rag.llm.local import is_local_model
-
     if is_local_model(model):
         return
-    litellm.suppress_debug_info = True  # else it prints a provider list to stdout
+    litellm = load_litellm()
     try:
         litellm.get_llm_provider(model=model, api_base=api_base)
     except Exception:  # litellm raises several types here, all meaning "cannot route"
@@ -46,16 +43,25 @@ def first_token_probabilities(
     model: str,
     api_base: str | None,
     timeout_s: float,
-    local_settings: LocalLLMSettings | None = None,
+    local_model: LocalModel | None = None,
     top: int = 20,
 ) -> dict[str, float]:
     """The model's probabilities for the first token of its reply ({token text: p}, its `top`
     likeliest tokens): one forward pass over the prompt, nothing generated. {} when the
-    provider returns no logprobs (the embedded model and OpenAI-compatible servers do)."""
+    provider returns no logprobs (the embedded model and OpenAI-compatible servers do).
+    `local_model` answers `local/...` models."""
     with _llm_errors(model, timeout_s):
         response = _completion(
-            messages, model, api_base, local_settings, temperature=0.0, max_tokens=1, timeout=timeout_s,
-            stream=False, logprobs=True, top_logprobs=top,
+            messages,
+            model,
+            api_base,
+            local_model,
+            temperature=0.0,
+            max_tokens=1,
+            timeout=timeout_s,
+            stream=False,
+            logprobs=True,
+            top_logprobs=top,
         )
         logprobs = response.choices[0].logprobs if response.choices else None
         content = (logprobs.get("content") if isinstance(logprobs, dict) else getattr(logprobs, "content", None)) or []
@@ -77,14 +83,22 @@ def stream_completion(
     temperature: float,
     max_tokens: int,
     timeout_s: float,
-    local_settings: LocalLLMSettings | None = None,
+    local_model: LocalModel | None = None,
     logit_bias: object | None = None,
 ) -> Iterator[str]:
-    """Yield the answer text piece by piece. `logit_bias` is passed on as the provider takes it."""
+    """Yield the answer text piece by piece. `local_model` answers `local/...` models;
+    `logit_bias` is passed on as the provider takes it."""
     with _llm_errors(model, timeout_s):
         stream = _completion(
-            messages, model, api_base, local_settings, temperature=temperature, max_tokens=max_tokens,
-            timeout=timeout_s, stream=True, **({"logit_bias": logit_bias} if logit_bias is not None else {}),
+            messages,
+            model,
+            api_base,
+            local_model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            timeout=timeout_s,
+            stream=True,
+            **({"logit_bias": logit_bias} if logit_bias is not None else {}),
         )
         for chunk in stream:
             delta = chunk.choices[0].delta.content if chunk.choices else None
@@ -93,21 +107,22 @@ def stream_completion(
 
 
 def _completion(
-    messages: list[dict[str, str]], model: str, api_base: str | None, local_settings: LocalLLMSettings | None, **options: object
+    messages: list[dict[str, str]], model: str, api_base: str | None, local_model: LocalModel | None, **options: object
 ):
-    import litellm
-
-    from rag.llm.local import is_local_model, register_local_provider
-
-    litellm.suppress_debug_info = True
+    litellm = load_litellm()
     if is_local_model(model):
-        register_local_provider(local_settings)
+        if local_model is None:
+            raise RagError("no LocalModel was given to answer it (RagService provides one)")
+        register_local_provider()  # the first call in the process registers it; later ones find it
+        options[LOCAL_MODEL_PARAM] = local_model
     return litellm.completion(
         model=model,
         messages=messages,
         api_base=api_base,
         # OpenAI-compatible local servers take any key; litellm insists on one.
-        api_key="not-needed" if api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY") else None,
+        api_key="not-needed"
+        if api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY")
+        else None,
         **options,
     )
 
@@ -116,10 +131,7 @@ def _completion(
 def _llm_errors(model: str, timeout_s: float) -> Iterator[None]:
     """Provider failures as one-line RagErrors: bad credentials or an unknown model are bad
     input; everything else is this call's failure (GenerationError)."""
-    import litellm
-
-    from rag.llm.local import as_rag_error
-
+    litellm = load_litellm()
     try:
         yield
     except (litellm.exceptions.AuthenticationError, litellm.exceptions.PermissionDeniedError) as exc:

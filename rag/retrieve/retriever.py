@@ -83,6 +83,7 @@ class Retriever:
         chunk = candidate.chunk
         head = self.store.chunk(chunk.duplicate_of) if chunk.duplicate_of else chunk
         group = [ChunkLocation(chunk_id=head.chunk_id, doc_id=head.doc_id, start=head.start, end=head.end), *head.copies]
+        doc = self.store.documents[chunk.doc_id]
         return SearchHit(
             rank=rank,
             score=candidate.score,
@@ -91,8 +92,9 @@ class Retriever:
             start=chunk.start,
             end=chunk.end,
             text=chunk.text,
-            title=self.store.documents[chunk.doc_id].display_title,
+            title=doc.display_title,
             dense_score=candidate.dense_score,
             bm25_score=candidate.bm25_score,
             also_in=[loc for loc in group if loc.chunk_id != chunk.chunk_id],
+            **doc.page_fields(chunk.start, chunk.end),
         )

@@ -245,7 +245,8 @@ class BodyLimitMiddleware:
 
 
 # Pages we render ourselves (the document view, the login form) run no script at all.
-PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+# The document page shows a PDF's pages as images from this server (/page-image/).
+PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 # The Gradio interface: its own scripts, inline bootstrap and styles, nothing from elsewhere.
 # Gradio turns event `js=` strings (our remove confirmation among them) into functions at run
 # time, which needs 'unsafe-eval'; without it the interface does not start.

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from itertools import chain
 from typing import Annotated
 
@@ -35,6 +35,7 @@ from rag.errors import (
     StoreUnavailableError,
     UnknownDocumentError,
 )
+from rag.ingest.loading import SUPPORTED_LIST
 from rag.ingest.pipeline import IndexReport
 from rag.requests import AskRequest, CheckRequest, SearchRequest
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
@@ -122,11 +123,19 @@ class AnswerQueue:
 
 
 def create_api(service: RagService) -> FastAPI:
-    """The API inside its access checks (keys, origins, body size, headers: rag/access.py)."""
+    """The API inside its access checks (keys, origins, body size, headers: rag/access.py).
+    The app closes the service when it shuts down (stopping the embedded model's server)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(service.close)
+
     app = FastAPI(
         title="Cited answers",
         summary="Questions answered with citations you can check.",
         version=__version__,
+        lifespan=lifespan,
     )
     app.state.keys = keys = load_keys(service.settings.server)
     app.state.answer_queue = queue = AnswerQueue(service)  # shared with the web interface
@@ -208,7 +217,7 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
         return DocumentList(documents=service.documents())
 
     @api.post("/documents", status_code=201)
-    def upload_document(file: Annotated[UploadFile, File(description="A .txt, .md or .html file")]) -> IndexChange:
+    def upload_document(file: Annotated[UploadFile, File(description=f"A {SUPPORTED_LIST} file")]) -> IndexChange:
         limit = service.settings.server.max_upload_bytes
         data = file.file.read(limit + 1)  # never more than the limit in memory
         name = upload_name(file.filename or "")

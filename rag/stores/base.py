@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Protocol
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from rag.config import ChunkingSettings, CleaningSettings, SearchMode, Settings
 from rag.schema import Chunk, Document
+from rag.text.words import search_text
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def package_versions() -> dict[str, str]:
 
 
 def new_manifest_time() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def compatibility_problems(manifest: Manifest, settings: Settings, fingerprint: str) -> list[str]:
@@ -139,9 +140,10 @@ def embedding_text(chunk: Chunk, doc: Document, include_title: bool) -> str:
     """What gets embedded and BM25-indexed for a chunk: its text, headed by the document
     title when the chunk does not already contain it."""
     title = doc.title
+    text = search_text(chunk.text) if doc.format == "pdf" else chunk.text
     if include_title and title and title not in chunk.text:
-        return f"{title}\n{chunk.text}"
-    return chunk.text
+        return f"{title}\n{text}"
+    return text
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,9 @@ def _rows(source: StoreWriter, manifest: Manifest, where: str) -> list[DocumentR
         keys = [embedding_key(manifest.embedding_fingerprint, text) for text in texts]
         stored = source.vectors_for(keys)
         if len(stored) != len(set(keys)):
-            raise IndexDamagedError(where, [f"{len(set(keys)) - len(stored)} passage(s) of {doc_id} have no stored vector"])
+            raise IndexDamagedError(
+                where, [f"{len(set(keys)) - len(stored)} passage(s) of {doc_id} have no stored vector"]
+            )
         vectors = np.array([stored[key] for key in keys], dtype=np.float32).reshape(len(keys), manifest.dimension)
         rows.append(DocumentRows(document=doc, chunks=chunks, texts=texts, vectors=vectors, embedding_keys=keys))
     return rows
@@ -69,6 +71,8 @@ def migrate(settings: Settings, to: str) -> MigrateReport:
     with open_writer(target_settings) as target:
         target.apply(Changes(upserted=rows, manifest=manifest, replace_all=True))
     return MigrateReport(
-        source=location(source_settings), target=location(target_settings),
-        documents=len(rows), chunks=sum(len(r.chunks) for r in rows),
+        source=location(source_settings),
+        target=location(target_settings),
+        documents=len(rows),
+        chunks=sum(len(r.chunks) for r in rows),
     )

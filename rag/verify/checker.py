@@ -31,6 +31,8 @@ class CitationVerdict(BaseModel):
     start: int | None = None  # best supporting span; offsets into the document when known
     end: int | None = None
     text: str | None = None
+    page: int | None = None  # of the supporting span in a paged document (PDF), as on Chunk
+    pages: list[int] | None = None
 
 
 class SentenceCheck(BaseModel):
@@ -83,10 +85,13 @@ class Checker:
             return CitationVerdict(id=number, verdict="points_at_nothing", supported=False, score=None, reason=reason)
         text, start, end, doc_id = located
         verdict = self.verifier.verify([(claim, text, start, end)])[0]
+        document = self.retriever.store.documents.get(doc_id) if doc_id else None
+        in_document = document is not None and text is document.text
         return CitationVerdict(
             id=number, verdict="supported" if verdict.supported else "not_supported", supported=verdict.supported,
             score=round(verdict.score, 4), reason=verdict.reason, doc_id=doc_id,
             start=verdict.span.start, end=verdict.span.end, text=text[verdict.span.start : verdict.span.end],
+            **(document.page_fields(verdict.span.start, verdict.span.end) if in_document else {}),
         )
 
     def _check_claim(self, request: CheckRequest) -> CheckReport:

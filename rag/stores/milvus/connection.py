@@ -79,7 +79,9 @@ def milvus_errors(settings: StoreSettings) -> Iterator[None]:
             raise StoreUnavailableError(
                 f"Milvus at {settings.uri} did not answer within store.timeout_s ({settings.timeout_s:g} s)"
             ) from None
-        raise StoreUnavailableError(f"Milvus at {settings.uri} failed: {code.name if code else type(exc).__name__}") from None
+        raise StoreUnavailableError(
+            f"Milvus at {settings.uri} failed: {code.name if code else type(exc).__name__}"
+        ) from None
 
 
 def connect(settings: StoreSettings) -> MilvusClient:
@@ -87,7 +89,9 @@ def connect(settings: StoreSettings) -> MilvusClient:
     if not settings.uri.strip():
         raise StoreSettingsError("setting store.uri is empty: give http://host:19530 or a path ending in .db")
     try:
-        return MilvusClient(uri=settings.uri, token=settings.token, timeout=settings.timeout_s, grpc_options=GRPC_OPTIONS)
+        return MilvusClient(
+            uri=settings.uri, token=settings.token, timeout=settings.timeout_s, grpc_options=GRPC_OPTIONS
+        )
     except ConnectionConfigException as exc:
         raise StoreSettingsError(f"setting store.uri {settings.uri!r} is not usable: {first_line(exc)}") from None
     except MilvusException as exc:
@@ -96,7 +100,9 @@ def connect(settings: StoreSettings) -> MilvusClient:
 
 def literal(value: str) -> str:
     """`value` as a string literal of a Milvus filter expression."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    escaped = (
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    )
     return f'"{escaped}"'
 
 
@@ -125,18 +131,28 @@ def create_collections(client: MilvusClient, settings: StoreSettings, dimension:
     schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
     # The chunk's BM25 tokens (rag.text.words.tokenize: Snowball stems, no stop words) joined by
     # spaces, so that Milvus's standard analyzer finds exactly the embedded store's terms.
-    schema.add_field("lexical", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES, enable_analyzer=True,
-                     analyzer_params={"tokenizer": "standard"})
+    schema.add_field(
+        "lexical",
+        DataType.VARCHAR,
+        max_length=MAX_VARCHAR_BYTES,
+        enable_analyzer=True,
+        analyzer_params={"tokenizer": "standard"},
+    )
     schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
     schema.add_field("duplicate_of", DataType.VARCHAR, max_length=MAX_ID_BYTES)
     schema.add_field("copies", DataType.JSON)
     schema.add_field("embedding_key", DataType.VARCHAR, max_length=128)
-    schema.add_function(Function(name="bm25", function_type=FunctionType.BM25,
-                                 input_field_names=["lexical"], output_field_names=["sparse"]))
+    schema.add_function(
+        Function(
+            name="bm25", function_type=FunctionType.BM25, input_field_names=["lexical"], output_field_names=["sparse"]
+        )
+    )
     index = client.prepare_index_params()
     index.add_index("vector", index_type=settings.index_type, metric_type="IP", params=dict(settings.index_params))
-    index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params={"bm25_k1": BM25_K1, "bm25_b": BM25_B})
+    index.add_index(
+        "sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params={"bm25_k1": BM25_K1, "bm25_b": BM25_B}
+    )
     index.add_index("doc_id", index_type="INVERTED")
     index.add_index("embedding_key", index_type="INVERTED")
     client.create_collection(chunks, schema=schema, index_params=index, consistency_level="Strong")

@@ -26,15 +26,21 @@ import numpy as np
 from pymilvus import AnnSearchRequest, MilvusClient, RRFRanker
 
 from rag.config import SearchMode, Settings
-from rag.errors import BadInputError, IncompatibleIndexError, IndexDamagedError, IndexMissingError, StoreUnavailableError
+from rag.errors import (
+    BadInputError,
+    IncompatibleIndexError,
+    IndexDamagedError,
+    IndexMissingError,
+    StoreUnavailableError,
+)
 from rag.schema import Chunk, ChunkLocation, Document
 from rag.stores.base import Candidate, Changes, ChunkCounts, DocumentRows, Manifest, compatibility_problems
 from rag.stores.milvus.connection import (
     BM25_K1,
-    CollectionReleasedError,
     MAX_VARCHAR_BYTES,
     PLACEHOLDER,
     TEXT_PART_CHARS,
+    CollectionReleasedError,
     batches,
     collection_names,
     connect,
@@ -76,7 +82,10 @@ def _fits(text: str) -> bool:
 
 def _chunk_of(row: dict[str, Any], text: str | None = None) -> Chunk:
     return Chunk(
-        chunk_id=row["chunk_id"], doc_id=row["doc_id"], start=row["start"], end=row["end"],
+        chunk_id=row["chunk_id"],
+        doc_id=row["doc_id"],
+        start=row["start"],
+        end=row["end"],
         text=row["text"] if text is None else text,
         duplicate_of=row["duplicate_of"] or None,
         copies=[ChunkLocation.model_validate(c) for c in row["copies"] or []],
@@ -105,7 +114,9 @@ class _Collections:
 
     def rows(self, collection: str, expr: str, fields: list[str]) -> Iterator[dict]:
         """Every row matching `expr`, in batches (a plain query's result window is bounded)."""
-        iterator = self.client.query_iterator(collection, batch_size=1000, filter=expr, output_fields=fields, timeout=self.timeout)
+        iterator = self.client.query_iterator(
+            collection, batch_size=1000, filter=expr, output_fields=fields, timeout=self.timeout
+        )
         try:
             while batch := iterator.next():
                 yield from batch
@@ -119,9 +130,15 @@ class _Collections:
             found = self.rows(self.documents, "", fields)
         else:  # plain queries, fewer calls than an iterator: a document has at most 1,300 parts (20 MB)
             found = (
-                row for batch in batches(doc_ids, DOCS_PER_QUERY)
-                for row in self.client.query(self.documents, filter=one_of("doc_id", batch), output_fields=fields,
-                                             limit=MAX_QUERY_ROWS, timeout=self.timeout)
+                row
+                for batch in batches(doc_ids, DOCS_PER_QUERY)
+                for row in self.client.query(
+                    self.documents,
+                    filter=one_of("doc_id", batch),
+                    output_fields=fields,
+                    limit=MAX_QUERY_ROWS,
+                    timeout=self.timeout,
+                )
             )
         parts: dict[str, dict[int, dict]] = {}
         for row in found:
@@ -139,9 +156,7 @@ class _Collections:
         rows = list(self.rows(self.chunks, expr, CHUNK_FIELDS))
         long = sorted({r["doc_id"] for r in rows if not r["text"]})
         texts = self.read_documents(long) if long else {}
-        return [
-            _chunk_of(r, texts[r["doc_id"]].text[r["start"] : r["end"]] if not r["text"] else None) for r in rows
-        ]
+        return [_chunk_of(r, texts[r["doc_id"]].text[r["start"] : r["end"]] if not r["text"] else None) for r in rows]
 
 
 def reloading(method: Callable) -> Callable:
@@ -255,12 +270,18 @@ class MilvusStore:
             chunks = self._c.chunks_by("")
         problems = []
         if len(documents) != self.manifest.documents or len(chunks) != self.manifest.chunks:
-            problems.append(f"{len(documents)} documents and {len(chunks)} passages, the manifest says "
-                            f"{self.manifest.documents} and {self.manifest.chunks}")
+            problems.append(
+                f"{len(documents)} documents and {len(chunks)} passages, the manifest says "
+                f"{self.manifest.documents} and {self.manifest.chunks}"
+            )
         ids = {c.chunk_id for c in chunks}
         if len(ids) != len(chunks):
             problems.append(f"{len(chunks) - len(ids)} passage row(s) stored twice")
-        shifted = [c.chunk_id for c in chunks if c.doc_id not in documents or documents[c.doc_id].text[c.start : c.end] != c.text]
+        shifted = [
+            c.chunk_id
+            for c in chunks
+            if c.doc_id not in documents or documents[c.doc_id].text[c.start : c.end] != c.text
+        ]
         if shifted:
             problems.append(f"{len(shifted)} chunk(s) whose offsets do not reproduce their text (first: {shifted[0]})")
         dangling = [c.chunk_id for c in chunks if c.duplicate_of is not None and c.duplicate_of not in ids]
@@ -289,19 +310,33 @@ class MilvusStore:
                 hits = self._bm25_hits(terms, expr, depth, CHUNK_FIELDS)
                 scores = bm25 = {hit["chunk_id"]: _bm25_score(hit) for hit in hits}
             else:
-                dense = AnnSearchRequest(data=[vector.tolist()], anns_field="vector", param=self._dense_params(depth),
-                                         limit=depth, expr=expr)
+                dense = AnnSearchRequest(
+                    data=[vector.tolist()], anns_field="vector", param=self._dense_params(depth), limit=depth, expr=expr
+                )
             if mode == "dense":
-                hits = client.search(self._c.chunks, data=dense.data, anns_field="vector", search_params=dense.param,
-                                     limit=depth, filter=expr, output_fields=CHUNK_FIELDS, timeout=timeout)[0]
+                hits = client.search(
+                    self._c.chunks,
+                    data=dense.data,
+                    anns_field="vector",
+                    search_params=dense.param,
+                    limit=depth,
+                    filter=expr,
+                    output_fields=CHUNK_FIELDS,
+                    timeout=timeout,
+                )[0]
                 scores, bm25 = {hit["chunk_id"]: hit["distance"] for hit in hits}, None
             if mode == "hybrid":
                 lexical = AnnSearchRequest(data=[terms], anns_field="sparse", param=BM25_PARAMS, limit=depth, expr=expr)
                 # Milvus's RRF has no weights; open_milvus_store requires them equal, so scaling
                 # its sums by the common weight gives the embedded store's fused scores.
-                hits = client.hybrid_search(self._c.chunks, [dense, lexical] if terms else [dense],
-                                            RRFRanker(self.settings.retrieval.rrf_k), limit=depth,
-                                            output_fields=CHUNK_FIELDS, timeout=timeout)[0]
+                hits = client.hybrid_search(
+                    self._c.chunks,
+                    [dense, lexical] if terms else [dense],
+                    RRFRanker(self.settings.retrieval.rrf_k),
+                    limit=depth,
+                    output_fields=CHUNK_FIELDS,
+                    timeout=timeout,
+                )[0]
                 weight = self.settings.retrieval.dense_weight
                 scores = {hit["chunk_id"]: weight * hit["distance"] for hit in hits}
                 # The BM25 half's own scores (a chunk outside its top `depth`: 0).
@@ -310,7 +345,8 @@ class MilvusStore:
             chunks = self._chunks(hits)
         return [
             Candidate(
-                chunk=chunk, score=float(scores[chunk.chunk_id]),
+                chunk=chunk,
+                score=float(scores[chunk.chunk_id]),
                 dense_score=dense_scores.get(chunk.chunk_id) if dense_scores is not None else None,
                 bm25_score=bm25.get(chunk.chunk_id, 0.0) if bm25 is not None else None,
             )
@@ -320,8 +356,16 @@ class MilvusStore:
     def _bm25_hits(self, terms: str, expr: str, depth: int, fields: list[str]) -> list[dict]:
         if not terms:  # no query word is a BM25 term (all stop words): nothing matches
             return []
-        return self._c.client.search(self._c.chunks, data=[terms], anns_field="sparse", search_params=BM25_PARAMS,
-                                     limit=depth, filter=expr, output_fields=fields, timeout=self._c.timeout)[0]
+        return self._c.client.search(
+            self._c.chunks,
+            data=[terms],
+            anns_field="sparse",
+            search_params=BM25_PARAMS,
+            limit=depth,
+            filter=expr,
+            output_fields=fields,
+            timeout=self._c.timeout,
+        )[0]
 
     def _chunks(self, hits: list[dict]) -> list[Chunk]:
         rows = [{**hit["entity"], "chunk_id": hit["chunk_id"]} for hit in hits]
@@ -365,7 +409,7 @@ def open_milvus_store(settings: Settings, fingerprint: str) -> MilvusStore:
     store = settings.store
     if settings.retrieval.dense_weight != settings.retrieval.bm25_weight:
         raise BadInputError(
-            "retrieval.dense_weight and retrieval.bm25_weight must be equal with store.backend = \"milvus\" "
+            'retrieval.dense_weight and retrieval.bm25_weight must be equal with store.backend = "milvus" '
             "(Milvus's RRF ranker has no weights)"
         )
     c = _Collections(connect(store), settings)
@@ -412,8 +456,14 @@ def _document_rows(doc: Document) -> list[dict]:
     parts = [doc.text[i : i + TEXT_PART_CHARS] for i in range(0, len(doc.text), TEXT_PART_CHARS)] or [""]
     record = {**doc.model_dump(exclude={"text"}), "parts": len(parts)}
     return [
-        {"part_id": f"{doc.doc_id}#{i}", "doc_id": doc.doc_id, "part": i, "record": record if i == 0 else {},
-         "text": part, "placeholder": PLACEHOLDER}
+        {
+            "part_id": f"{doc.doc_id}#{i}",
+            "doc_id": doc.doc_id,
+            "part": i,
+            "record": record if i == 0 else {},
+            "text": part,
+            "placeholder": PLACEHOLDER,
+        }
         for i, part in enumerate(parts)
     ]
 
@@ -421,12 +471,20 @@ def _document_rows(doc: Document) -> list[dict]:
 def _chunk_rows(rows: DocumentRows) -> list[dict]:
     return [
         {
-            "chunk_id": chunk.chunk_id, "doc_id": chunk.doc_id, "start": chunk.start, "end": chunk.end,
-            "text": chunk.text if _fits(chunk.text) else "", "lexical": lexical,
-            "vector": np.asarray(vector, dtype=np.float32).tolist(), "duplicate_of": chunk.duplicate_of or "",
-            "copies": [c.model_dump() for c in chunk.copies], "embedding_key": key,
+            "chunk_id": chunk.chunk_id,
+            "doc_id": chunk.doc_id,
+            "start": chunk.start,
+            "end": chunk.end,
+            "text": chunk.text if _fits(chunk.text) else "",
+            "lexical": lexical,
+            "vector": np.asarray(vector, dtype=np.float32).tolist(),
+            "duplicate_of": chunk.duplicate_of or "",
+            "copies": [c.model_dump() for c in chunk.copies],
+            "embedding_key": key,
         }
-        for chunk, lexical, vector, key in zip(rows.chunks, lexical_texts(rows.texts), rows.vectors, rows.embedding_keys)
+        for chunk, lexical, vector, key in zip(
+            rows.chunks, lexical_texts(rows.texts), rows.vectors, rows.embedding_keys
+        )
     ]
 
 
@@ -474,15 +532,21 @@ class MilvusWriter:
         found: dict[str, np.ndarray] = {}
         with self._c.errors():
             for batch in batches(sorted(set(keys))):
-                for row in self._c.client.query(self._c.chunks, filter=one_of("embedding_key", batch),
-                                                output_fields=["embedding_key", "vector"], timeout=self._c.timeout):
+                for row in self._c.client.query(
+                    self._c.chunks,
+                    filter=one_of("embedding_key", batch),
+                    output_fields=["embedding_key", "vector"],
+                    timeout=self._c.timeout,
+                ):
                     found[row["embedding_key"]] = np.asarray(row["vector"], dtype=np.float32)
         return found
 
     def _mark(self, started_at: str) -> None:
         """Record (again: a heartbeat) that this update is running."""
         value = {"owner": _owner(), "started_at": started_at, "heartbeat": time.time()}
-        self._c.client.upsert(self._c.meta, [{"key": UPDATE_KEY, "value": value, "placeholder": PLACEHOLDER}], timeout=self._c.timeout)
+        self._c.client.upsert(
+            self._c.meta, [{"key": UPDATE_KEY, "value": value, "placeholder": PLACEHOLDER}], timeout=self._c.timeout
+        )
 
     def apply(self, changes: Changes) -> None:
         if changes.manifest is None:
@@ -510,8 +574,11 @@ class MilvusWriter:
                     client.insert(collection, batch, timeout=c.timeout)
                     self._mark(started_at)
             self._annotate(changes.annotated)
-            client.upsert(c.meta, [{"key": MANIFEST_KEY, "value": changes.manifest.model_dump(mode="json"),
-                                    "placeholder": PLACEHOLDER}], timeout=c.timeout)
+            client.upsert(
+                c.meta,
+                [{"key": MANIFEST_KEY, "value": changes.manifest.model_dump(mode="json"), "placeholder": PLACEHOLDER}],
+                timeout=c.timeout,
+            )
             client.delete(c.meta, ids=[UPDATE_KEY], timeout=c.timeout)
         self._manifest = changes.manifest
         self.problems = []
