@@ -584,6 +584,18 @@ def serve(
     uvicorn.run(web_app, host=host, port=port, log_level="warning")
 
 
+@app.command()
+def mcp(index_dir: IndexDirOption = None) -> None:
+    """Serve the tools search, ask, check and list_documents to an MCP client over stdio (the
+    index as `rag index` left it; `rag serve` also serves them over HTTP at /mcp)."""
+    from rag.serve.mcp_tools import create_mcp
+
+    service = _service(index_dir)
+    _ = service.store  # a missing or damaged index is a one-line error now, not at the first call
+    # stdout carries the protocol from here on: nothing else may be printed there.
+    create_mcp(service).run("stdio")
+
+
 def _check_can_listen(host: str, port: int) -> None:
     import socket
 

@@ -199,6 +199,9 @@ class AnswerResponse(BaseModel):
     evidence: list[Evidence] = Field(default_factory=list)
     # The answer as the model wrote it, before citation repair; its [n] count in `passages`.
     raw_answer: str | None = None
+    # Why a withheld answer was withheld, as a code: no_evidence | declined | unsure |
+    # repeats_question | unsupported | unnamed (the notice says it in words).
+    abstention: str | None = None
 
 
 Document.model_rebuild()  # `blocks` refers to Block, defined after Document

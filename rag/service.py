@@ -8,7 +8,7 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ class RagService:
         self._retriever: Retriever | None = None
         self._answerer: Answerer | None = None
         self._local_model: LocalModel | None = None
+        # Called with every finished answer (the server's metrics listen here).
+        self.answer_observers: list[Callable[[AnswerResponse], None]] = []
 
     def __enter__(self) -> RagService:
         return self
@@ -110,7 +112,12 @@ class RagService:
     def ask_stream(self, request: AskRequest | str, **options: Any) -> Iterator[AnswerEvent]:
         """The answer as events: the passages found, the answer's text as it is written, then
         the verified response. Arguments as for `ask`."""
-        return self.answerer.stream(make_request(AskRequest, {"question": request, **options}) if isinstance(request, str) else request)
+        request = make_request(AskRequest, {"question": request, **options}) if isinstance(request, str) else request
+        for event in self.answerer.stream(request):
+            if event.response is not None:
+                for observe in self.answer_observers:
+                    observe(event.response)
+            yield event
 
     def check(self, request: CheckRequest) -> CheckReport:
         limit = self.settings.verification.max_check_chars

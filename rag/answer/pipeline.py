@@ -140,7 +140,7 @@ class Answerer:
 
         reason = self.retrieval_guard(draft)
         if reason:
-            yield finish(self._abstain(draft, reason))
+            yield finish(self._abstain(draft, "no_evidence", reason))
             return
 
         clock = time.perf_counter()
@@ -154,10 +154,10 @@ class Answerer:
         if draft.text is not None:
             draft.response = self._cited_response(draft)
         timings["verify"] = _ms(clock)
-        for guard in self.guards:
+        for code, guard in self.guards:
             reason = guard(draft)
             if reason:
-                yield finish(self._abstain(draft, reason))
+                yield finish(self._abstain(draft, code, reason))
                 return
         assert draft.response is not None  # the guards withhold a draft without an answer
         yield finish(draft.response)
@@ -299,9 +299,13 @@ class Answerer:
     # ------------------------------------------------------------------ decide
 
     @property
-    def guards(self) -> list[Guard]:
-        """Why an answer is withheld, in the order they are asked."""
-        return [self._declined, self._unsure, self._repeats_question, self._unsupported, self._unnamed]
+    def guards(self) -> list[tuple[str, Guard]]:
+        """Why an answer is withheld, in the order they are asked, each with the code that
+        `AnswerResponse.abstention` gives for it."""
+        return [
+            ("declined", self._declined), ("unsure", self._unsure), ("repeats_question", self._repeats_question),
+            ("unsupported", self._unsupported), ("unnamed", self._unnamed),
+        ]
 
     def _declined(self, draft: Draft) -> str | None:
         if draft.declined:
@@ -355,9 +359,9 @@ class Answerer:
             for n, s in enumerate(draft.evidence, start=1)
         ]
 
-    def _abstain(self, draft: Draft, reason: str) -> AnswerResponse:
+    def _abstain(self, draft: Draft, code: str, reason: str) -> AnswerResponse:
         return AnswerResponse(
-            question=draft.question, answer=NOT_FOUND_ANSWER, abstained=True, model=draft.model, citations=[],
+            question=draft.question, answer=NOT_FOUND_ANSWER, abstained=True, abstention=code, model=draft.model, citations=[],
             passages=draft.passages, notice=" ".join([*draft.notices, reason]), confidence=_round(draft.confidence),
             evidence=self._evidence(draft),
         )

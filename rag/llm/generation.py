@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rag.errors import BadInputError, RagError
@@ -19,6 +21,28 @@ if TYPE_CHECKING:
 
 class GenerationError(RagError):
     """The model was reachable in principle but failed this time (timeout, server error)."""
+
+
+@dataclass
+class LLMUsage:
+    """One model call's throughput: `prompt` is a single forward pass over the prompt (the
+    numbered choice; tokens = prompt tokens, over the whole call), `generate` a streamed reply
+    (tokens = streamed pieces after the first, over the time from the first to the last)."""
+
+    model: str
+    phase: str  # prompt | generate
+    tokens: int
+    seconds: float
+
+
+# Called after every model call that could be measured (the server's metrics listen here).
+usage_observers: list[Callable[[LLMUsage], None]] = []
+
+
+def _report(usage: LLMUsage) -> None:
+    if usage.tokens > 0 and usage.seconds > 0:
+        for observe in usage_observers:
+            observe(usage)
 
 
 UNKNOWN_MODEL = (
@@ -51,6 +75,7 @@ def first_token_probabilities(
     provider returns no logprobs (the embedded model and OpenAI-compatible servers do).
     `local_model` answers `local/...` models."""
     with _llm_errors(model, timeout_s):
+        started = time.perf_counter()
         response = _completion(
             messages,
             model,
@@ -63,6 +88,8 @@ def first_token_probabilities(
             logprobs=True,
             top_logprobs=top,
         )
+        usage = getattr(response, "usage", None)
+        _report(LLMUsage(model, "prompt", getattr(usage, "prompt_tokens", None) or 0, time.perf_counter() - started))
         logprobs = response.choices[0].logprobs if response.choices else None
         content = (logprobs.get("content") if isinstance(logprobs, dict) else getattr(logprobs, "content", None)) or []
         if not content:
@@ -100,10 +127,15 @@ def stream_completion(
             stream=True,
             **({"logit_bias": logit_bias} if logit_bias is not None else {}),
         )
+        pieces, first = 0, 0.0
         for chunk in stream:
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if delta:
+                pieces += 1
+                first = first or time.perf_counter()
                 yield delta
+        # Streams send about one token per piece; the first piece's wait is prompt time.
+        _report(LLMUsage(model, "generate", pieces - 1, time.perf_counter() - first if first else 0.0))
 
 
 def _completion(

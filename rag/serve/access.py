@@ -32,12 +32,14 @@ from rag.text.words import is_unicode_text
 
 class Role(IntEnum):
     READ = 1  # search, ask, check, list and read documents
-    ADMIN = 2  # also add and remove documents
+    ADMIN = 2  # also add and remove documents, and read the metrics
 
 
 SESSION_COOKIE = "rag_session"
 LOGIN_PATH = "/login"
 LOGOUT_PATH = "/logout"
+# Prometheus metrics: the operator's view of all clients' traffic, so an admin's (rag/serve/metrics.py).
+METRICS_PATH = "/metrics"
 # Open without a key: a load balancer's health probe, and logging in and out.
 PUBLIC_PATHS = frozenset({"/health", LOGIN_PATH, LOGOUT_PATH})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -145,9 +147,10 @@ async def _refuse(response: Response, scope: Scope, receive: Receive, send: Send
 
 
 def needs_admin(method: str, path: str) -> bool:
-    """Requests that change the documents: uploads and removals, over the API or the interface."""
+    """Requests that change the documents (uploads and removals, over the API or the
+    interface), and the metrics."""
     changes_documents = method in WRITE_METHODS and (path == "/documents" or path.startswith("/documents/"))
-    return changes_documents or path == GRADIO_UPLOAD_PATH
+    return changes_documents or path in (GRADIO_UPLOAD_PATH, METRICS_PATH)
 
 
 class AccessMiddleware:
@@ -170,7 +173,7 @@ class AccessMiddleware:
             detail = "missing or unknown API key: send the header Authorization: Bearer KEY"
             await _refuse(_refusal(401, detail, {"WWW-Authenticate": "Bearer"}), scope, receive, send)
         elif role < Role.ADMIN and needs_admin(method, scope["path"]):
-            detail = "adding and removing documents needs an admin key; this key may only search, ask, check and read"
+            detail = "adding and removing documents, and the metrics, need an admin key; this key may only search, ask, check and read"
             await _refuse(_refusal(403, detail), scope, receive, send)
         else:
             await self.app(scope, receive, send)

@@ -1,6 +1,6 @@
 """The HTTP API: the same service and JSON shapes as the CLI's `--json`, with OpenAPI docs at
 /docs. Bad input is a 4xx with a one-line `detail`; nothing else ever shows a traceback. Keys,
-origins, body sizes and security headers are checked around it (rag/access.py).
+origins, body sizes and security headers are checked around it (rag/serve/access.py).
 
 Endpoints are plain (sync) functions, so FastAPI runs them in its thread pool: searches run
 side by side, and answers from the embedded model wait for it in arrival order, up to
@@ -42,6 +42,7 @@ from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
 from rag.serve.access import (
     LOGIN_PATH,
     LOGOUT_PATH,
+    METRICS_PATH,
     Keys,
     check_client_model,
     load_keys,
@@ -123,12 +124,23 @@ class AnswerQueue:
 
 
 def create_api(service: RagService) -> FastAPI:
-    """The API inside its access checks (keys, origins, body size, headers: rag/access.py).
-    The app closes the service when it shuts down (stopping the embedded model's server)."""
+    """The API, the OpenAI-compatible /v1, the MCP tools at /mcp and /metrics, inside the
+    access checks (keys, origins, body size, headers: rag/serve/access.py). The app closes the
+    service when it shuts down (stopping the embedded model's server)."""
+    # Imported here: these modules build on this one's request models and queue.
+    from rag.serve.mcp_tools import create_mcp, http_routes
+    from rag.serve.metrics import MetricsMiddleware, ServerMetrics
+    from rag.serve.openai_compat import openai_router
+
+    queue = AnswerQueue(service)
+    metrics = ServerMetrics(service)
+    mcp = create_mcp(service, queue)
+    mcp_routes = http_routes(mcp)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        async with metrics.observing(), mcp.session_manager.run():
+            yield
         await run_in_threadpool(service.close)
 
     app = FastAPI(
@@ -138,8 +150,9 @@ def create_api(service: RagService) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.keys = keys = load_keys(service.settings.server)
-    app.state.answer_queue = queue = AnswerQueue(service)  # shared with the web interface
+    app.state.answer_queue = queue  # shared with the web interface
     protect(app, service.settings.server, keys)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, router=app.router)  # outermost: refusals count too
 
     @app.exception_handler(RagError)
     async def rag_error(_: Request, exc: RagError) -> JSONResponse:
@@ -152,6 +165,9 @@ def create_api(service: RagService) -> FastAPI:
         return JSONResponse({"detail": f"unexpected {type(exc).__name__}: {exc}"}, status_code=500)
 
     app.include_router(router(service, keys, queue))
+    app.include_router(openai_router(service, queue))
+    app.add_api_route(METRICS_PATH, metrics.response, methods=["GET"], include_in_schema=False)
+    app.router.routes.extend(mcp_routes)
     if keys.enabled:
         app.include_router(login_router(keys))
     return app
@@ -171,13 +187,15 @@ async def reject_lone_surrogates(request: Request) -> None:
         raise BadInputError(f"{field}: not valid Unicode text (it holds a lone surrogate such as \\ud800)")
 
 
+def allowed(service: RagService, request: AskRequest) -> AskRequest:
+    """A client's request, once its model and `api_base` are ones the server lets clients
+    choose (rag/serve/access.py check_client_model)."""
+    check_client_model(service.settings.server, service.settings.answer.model, request.model, request.api_base)
+    return request
+
+
 def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
     api = APIRouter(dependencies=[Depends(reject_lone_surrogates)])
-    server = service.settings.server
-
-    def allowed(request: AskRequest) -> AskRequest:
-        check_client_model(server, service.settings.answer.model, request.model, request.api_base)
-        return request
 
     @api.get("/health", response_model_exclude_none=True)
     def health(request: Request) -> Health:
@@ -195,7 +213,7 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
 
     @api.post("/ask", responses={503: {"description": "Too many answers waiting for the model (Retry-After)"}})
     def ask(request: AskRequest) -> AnswerResponse:
-        with queue.place(allowed(request).model):
+        with queue.place(allowed(service, request).model):
             return service.ask(request)
 
     @api.post("/ask/stream", responses={200: {"content": {"text/event-stream": {}}}, 503: {"description": "As for /ask"}})
@@ -203,7 +221,7 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
         """Server-sent events: `passages` (the retrieved passages), `token` (answer text as the
         model writes it), then `answer` (the full verified answer, exactly as POST /ask returns
         it) or `error` ({"detail", "status"}) if the answer fails once streaming has begun."""
-        events = queue.held(allowed(request).model, service.ask_stream(request))
+        events = queue.held(allowed(service, request).model, service.ask_stream(request))
         # The first event comes after validation and retrieval, so bad input still gets a plain 4xx.
         first = await run_in_threadpool(next, events)
         return EventSourceResponse(_sse(chain([first], events)))
