@@ -204,6 +204,20 @@ def remove(
 
 
 @app.command()
+def migrate(
+    to: Annotated[str, typer.Option("--to", help="milvus: copy the index in --index-dir into the Milvus store of the settings; faiss: back.")],
+    index_dir: IndexDirOption = None,
+) -> None:
+    """Copy the index between the embedded files and Milvus, vectors included (nothing is embedded again)."""
+    from rag.stores.migrate import migrate as copy_index
+
+    if to not in ("milvus", "faiss"):
+        raise BadInputError(f"--to {to}: use milvus or faiss")
+    report = copy_index(_settings(index_dir), to)
+    out.print(f"Copied {report.documents} documents, {report.chunks} passages from {report.source} to {report.target}.")
+
+
+@app.command()
 def docs(index_dir: IndexDirOption = None, as_json: JsonOption = False) -> None:
     """List indexed documents with their chunk counts."""
     infos = _service(index_dir).documents()

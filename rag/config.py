@@ -345,6 +345,31 @@ class ServerSettings(Section):
         return value
 
 
+class StoreSettings(Section):
+    """Where the index lives: FAISS + bm25s files in `index.dir`, or a Milvus server (rag/stores/)."""
+
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description="faiss: files on this machine's disk (the default); milvus: collections on a Milvus server (Standalone, Distributed, a `milvus-lite server`) or in a Milvus Lite file, shared by every `rag serve` replica pointed at it.",
+    )
+    uri: str = Field(
+        "http://127.0.0.1:19530",
+        description="http(s)://host:19530 for a Milvus server; a path ending in .db for Milvus Lite inside this process.",
+    )
+    token: str = Field("", description='"user:password" or an API key; empty when the server has no authentication.')
+    collection: str = Field(
+        "cited_rag",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$",
+        description="Collections are named <collection>_chunks, <collection>_documents and <collection>_meta.",
+    )
+    index_type: str = Field(
+        "HNSW",
+        description="The dense index as Milvus names it (HNSW, IVF_FLAT, FLAT, AUTOINDEX...); searches use index.hnsw_ef_search (at least the candidate depth) or index.ivf_nprobe.",
+    )
+    index_params: dict[str, Any] = Field({"M": 32, "efConstruction": 200}, description="Build parameters of the dense index.")
+    timeout_s: float = Field(30.0, gt=0, description="Seconds allowed for one call to the server.")
+
+
 class Settings(BaseSettings):
     """Every setting, by section: defaults, overridden by rag.toml (or $RAG_CONFIG), then by
     RAG_* environment variables, then by what a caller passes (command-line flags)."""
@@ -360,6 +385,7 @@ class Settings(BaseSettings):
     local_llm: LocalLLMSettings = LocalLLMSettings()
     server: ServerSettings = ServerSettings()
     ingest: IngestSettings = IngestSettings()
+    store: StoreSettings = StoreSettings()
 
     # A misspelt section of rag.toml ([retreival]) fails naming it instead of being ignored.
     # Environment variables are only read for known settings, so unrelated RAG_* ones stay harmless.

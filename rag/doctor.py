@@ -46,6 +46,8 @@ def check_index(settings: Settings) -> Check:
     from rag.embed.encoder import embedding_fingerprint
 
     check = Check("index")
+    if settings.store.backend == "milvus":
+        return _check_milvus_index(settings, check)
     index_dir = settings.index.dir
     try:
         data = read_index(index_dir)
@@ -61,6 +63,23 @@ def check_index(settings: Settings) -> Check:
     check.detail = (
         f"{generation.name}: {data.manifest.documents} documents, {data.manifest.chunks} passages; "
         f"{len(data.manifest.files)} files match their checksums, counts and offsets agree"
+    )
+    return check
+
+
+def _check_milvus_index(settings: Settings, check: Check) -> Check:
+    from rag.stores import open_store
+    from rag.stores.milvus.connection import where
+
+    try:
+        store = open_store(settings)
+        check.problems = [f"{problem}; run `rag index`" for problem in store.verify()]
+    except RagError as exc:
+        check.problems.append(str(exc))
+        return check
+    check.detail = (
+        f"{where(settings.store)}: {store.manifest.documents} documents, {store.manifest.chunks} passages; "
+        "counts and offsets agree"
     )
     return check
 

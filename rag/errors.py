@@ -45,3 +45,12 @@ class IndexDamagedError(RagError):
 
 class ServerBusyError(RagError):
     """More answers waiting for the model than the server keeps in line (HTTP 503, Retry-After)."""
+
+
+class StoreSettingsError(BadInputError):
+    """The store settings are wrong: a URI that names no server, a token the server refuses
+    (exit 2; HTTP 503, since the server's settings and not the request are at fault)."""
+
+
+class StoreUnavailableError(RagError):
+    """The store's server cannot be reached or fails a call (exit 1; HTTP 503)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from rag.answer.pipeline import Answerer, AnswerEvent
 from rag.config import Settings, load_settings
-from rag.embed.encoder import Embedder, embedding_fingerprint
+from rag.embed.encoder import Embedder
 from rag.errors import (
     BadInputError,
     PayloadTooLargeError,
@@ -27,8 +27,8 @@ from rag.llm.local import LocalModel
 from rag.requests import AskRequest, CheckRequest, SearchRequest, make_request
 from rag.retrieve.retriever import Retriever
 from rag.schema import AnswerResponse, Document, DocumentInfo, SearchResponse
+from rag.stores import open_store
 from rag.stores.base import Store
-from rag.stores.faiss_bm25.store import open_store
 from rag.text.words import is_unicode_text
 from rag.verify.checker import Checker, CheckReport
 
@@ -75,7 +75,7 @@ class RagService:
         """The index, loaded on first use and again after every update."""
         with self._lock:
             if self._store is None:
-                self._store = open_store(self.settings, embedding_fingerprint(self.settings.embedding))
+                self._store = open_store(self.settings)
             return self._store
 
     @property

@@ -153,3 +153,61 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@dataclass
+class MilvusServer:
+    uri: str
+    data_dir: Path
+    port: int
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        """Stop the server (by its pid) and wait for it to exit."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_milvus(data_dir: Path, port: int | None = None) -> MilvusServer:
+    """`milvus-lite server` as a separate process on a loopback port (its default binds every
+    interface), ready for clients: the store talks gRPC to it as to Milvus Standalone."""
+    port = port or free_port()
+    log = (data_dir.parent / f"{data_dir.name}-milvus.log").open("a")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("milvus-lite")), "server", "--data-dir", str(data_dir),
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"milvus-lite server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("milvus-lite server did not listen within 60 s")
+            time.sleep(0.2)
+    return MilvusServer(uri=f"http://127.0.0.1:{port}", data_dir=data_dir, port=port, process=process)
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    """One Milvus Lite gRPC server for the session's Milvus tests; each uses its own collections."""
+    server = start_milvus(tmp_path_factory.mktemp("milvus") / "data")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -30,8 +30,8 @@ from rag.errors import BadInputError
 from rag.ingest.chunking import chunk_document
 from rag.ingest.cleaning import clean_corpus
 from rag.ingest.loading import LoadReport, load_file
-from rag.ingest.pdf import search_text
 from rag.schema import Document
+from rag.text.words import search_text
 
 MAX_BYTES = 20_000_000
 

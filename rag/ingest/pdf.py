@@ -5,7 +5,7 @@ The document text is PDFium's text of each page, pages joined by a form feed, wi
 normalisations that keep a known map from every text character to PDFium's character index:
 its "\\r\\n" line ends become "\\n", and the marker PDFium puts where a word is hyphenated
 across a line break (U+FFFE) becomes a soft hyphen (U+00AD), so the stored text keeps the
-hyphenation point and search (see `search_text`) reads the word joined. The same extraction
+hyphenation point and search (see `rag.text.words.search_text`) reads the word joined. The same extraction
 run again on the file gives the same text and map, which is how a span's offsets find their
 character boxes on the page.
 
@@ -44,16 +44,6 @@ PAGE_NUMBER = re.compile(
     r"^[-–—\s]*(?:page\s+)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:of|/)\s*\d{1,4})?[-–—\s]*$", re.IGNORECASE
 )
 SENTENCE_END = re.compile(r"[.!?:;…][\"'”’)\]]*$")
-# Where a word is split over a line break: a soft hyphen, or a hyphen ending a line between letters.
-_LINE_HYPHEN = re.compile(r"\u00ad\n?|(?<=[^\W\d_])-\n(?=[^\W\d_])")
-
-
-def search_text(text: str) -> str:
-    """`text` with words hyphenated across line breaks joined ("glaci-/ology" -> "glaciology"),
-    for embedding and BM25 only: stored text and offsets stay as extracted."""
-    return _LINE_HYPHEN.sub("", text)
-
-
 @dataclass
 class _Line:
     start: int  # offsets into the page text

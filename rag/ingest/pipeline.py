@@ -27,18 +27,18 @@ from rag.ingest.cleaning import clean_document, heading_title
 from rag.ingest.dedup import group_duplicates
 from rag.ingest.incremental import IngestState, load_state, new_state, save_state, state_key
 from rag.ingest.loading import load_paths
-from rag.ingest.pdf import search_text
 from rag.schema import Block, Chunk, Document, short_title
+from rag.stores import open_writer
 from rag.stores.base import (
     Changes,
     DocumentRows,
     Manifest,
     StoreWriter,
     compatibility_problems,
+    embedding_text,
     new_manifest_time,
     package_versions,
 )
-from rag.stores.faiss_bm25.store import open_writer
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +64,6 @@ class IndexReport:
     reused_vectors: int = 0
     written: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def embedding_text(chunk: Chunk, doc: Document, include_title: bool) -> str:
-    """What gets embedded and BM25-indexed for a chunk: its text, headed by the document
-    title when the chunk does not already contain it."""
-    title = doc.title
-    text = search_text(chunk.text) if doc.format == "pdf" else chunk.text
-    if include_title and title and title not in chunk.text:
-        return f"{title}\n{text}"
-    return text
 
 
 def corpus_fingerprint(documents: dict[str, Document]) -> str:
@@ -119,7 +109,7 @@ def update_index(
     index_dir = settings.index.dir
     report = IndexReport(index_dir=str(index_dir))
     clock = time.perf_counter()
-    with open_writer(index_dir, settings.index) as store:
+    with open_writer(settings) as store:
         fingerprint = embedding_fingerprint(settings.embedding)
         if rebuild:
             report.rebuilt_because.append("--rebuild")

@@ -31,6 +31,8 @@ from rag.errors import (
     PayloadTooLargeError,
     RagError,
     ServerBusyError,
+    StoreSettingsError,
+    StoreUnavailableError,
     UnknownDocumentError,
 )
 from rag.ingest.loading import SUPPORTED_LIST
@@ -88,7 +90,7 @@ def status_code(error: RagError) -> int:
         return 404
     if isinstance(error, PayloadTooLargeError):
         return 413
-    if isinstance(error, (IndexMissingError, ServerBusyError)):
+    if isinstance(error, (IndexMissingError, ServerBusyError, StoreSettingsError, StoreUnavailableError)):
         return 503
     return 400 if isinstance(error, BadInputError) else 500
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from rag.config import ChunkingSettings, CleaningSettings, SearchMode, Settings
 from rag.schema import Chunk, Document
+from rag.text.words import search_text
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,16 @@ def compatibility_problems(manifest: Manifest, settings: Settings, fingerprint: 
     if manifest.dedup_threshold != settings.index.dedup_threshold:
         problems.append("dedup threshold")
     return problems
+
+
+def embedding_text(chunk: Chunk, doc: Document, include_title: bool) -> str:
+    """What gets embedded and BM25-indexed for a chunk: its text, headed by the document
+    title when the chunk does not already contain it."""
+    title = doc.title
+    text = search_text(chunk.text) if doc.format == "pdf" else chunk.text
+    if include_title and title and title not in chunk.text:
+        return f"{title}\n{text}"
+    return text
 
 
 @dataclass(frozen=True)

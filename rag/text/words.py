@@ -103,3 +103,13 @@ def is_unicode_text(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+# Where a word is split over a line break: a soft hyphen, or a hyphen ending a line between letters.
+_LINE_HYPHEN = re.compile(r"\u00ad\n?|(?<=[^\W\d_])-\n(?=[^\W\d_])")
+
+
+def search_text(text: str) -> str:
+    """`text` with words hyphenated across line breaks joined ("glaci-/ology" -> "glaciology"),
+    for embedding and BM25 only: stored text and offsets stay as extracted."""
+    return _LINE_HYPHEN.sub("", text)
