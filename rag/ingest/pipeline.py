@@ -237,18 +237,16 @@ def _changes(
     )
     if rows.state is not None:
         rows.state.key = state_key(settings, manifest.corpus_fingerprint)
-    rows, offset = [], 0
+    written, offset = [], 0
     for doc_id in upserted:
         n = len(rows_of[doc_id])
-        rows.append(
+        written.append(
             DocumentRows(docs[doc_id], rows_of[doc_id], texts[doc_id], vectors[offset : offset + n], keys[doc_id])
         )
         offset += n
     removed = sorted(set(stored) - set(docs))
-    changes = Changes(upserted=rows, removed=removed, annotated=annotated, manifest=manifest, replace_all=replace_all)
+    changes = Changes(upserted=written, removed=removed, annotated=annotated, manifest=manifest, replace_all=replace_all)
     return changes, rows.state
-
-
 
 
 def _incremental_rows(
