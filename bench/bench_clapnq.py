@@ -74,7 +74,11 @@ def write_questions() -> dict[str, int]:
             found = [s for s in selected if s in corpus[gold]]
             quotes += len(found)
             missing += len(selected) - len(found)
-            item |= {"answers": record["answers"], "doc_ids": [gold], "quotes": [{"doc_id": gold, "quote": s} for s in found]}
+            item |= {
+                "answers": record["answers"],
+                "doc_ids": [gold],
+                "quotes": [{"doc_id": gold, "quote": s} for s in found],
+            }
         lines.append(json.dumps(item, ensure_ascii=False))
     QUESTIONS.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"questions": len(lines), "quotes": quotes, "quotes_not_verbatim": missing}
@@ -138,7 +142,10 @@ def write_results_section() -> None:
             "leaderboard entry.\n\n"
             + markdown_table(
                 ["mode", "nDCG@10", "Recall@10", "Recall@100", "MRR@10"],
-                [[m, *(f"{s[k]:.4f}" for k in ("nDCG@10", "Recall@10", "Recall@100", "MRR@10"))] for m, s in beir.items()],
+                [
+                    [m, *(f"{s[k]:.4f}" for k in ("nDCG@10", "Recall@10", "Recall@100", "MRR@10"))]
+                    for m, s in beir.items()
+                ],
             )
         )
     if reports:
@@ -157,14 +164,30 @@ def write_results_section() -> None:
             ("retrieval", "Recall@5", "retrieval Recall@5 (hybrid, gold passage)"),
         ]
         rows = [[label, *(pct(r["metrics"][g].get(k)) for r in reports.values())] for g, k, label in keys]
-        rows.append(["answered answerable questions (ALCE scores are over these)", *(
-            str(sum(q["answerable"] and not q["abstained"] for q in r["per_question"])) for r in reports.values()
-        )])
-        rows.append(["citations with invalid offsets", *(str(r["metrics"]["citations"]["invalid_offsets"]) for r in reports.values())])
-        rows.append(["total latency p50 / p95 s", *(
-            f"{r['metrics']['latency_ms']['total_p50'] / 1000:.1f} / {r['metrics']['latency_ms']['total_p95'] / 1000:.1f}"
-            for r in reports.values()
-        )])
+        rows.append(
+            [
+                "answered answerable questions (ALCE scores are over these)",
+                *(
+                    str(sum(q["answerable"] and not q["abstained"] for q in r["per_question"]))
+                    for r in reports.values()
+                ),
+            ]
+        )
+        rows.append(
+            [
+                "citations with invalid offsets",
+                *(str(r["metrics"]["citations"]["invalid_offsets"]) for r in reports.values()),
+            ]
+        )
+        rows.append(
+            [
+                "total latency p50 / p95 s",
+                *(
+                    f"{r['metrics']['latency_ms']['total_p50'] / 1000:.1f} / {r['metrics']['latency_ms']['total_p95'] / 1000:.1f}"
+                    for r in reports.values()
+                ),
+            ]
+        )
         runs = "\n".join(
             f"- `{name}`: `.venv/bin/python {r['run']['command']}` at {r['run']['date']}, {r['run']['seconds']} s, "
             f"questions: {r['run']['sample']}; 1-min load average {r['run']['load_average_1min']['start']} -> "
@@ -211,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--section-only", action="store_true", help="only rewrite the RESULTS.md section")
     args = parser.parse_args(argv)
     if not args.section_only:
-        name = args.name or re.sub(r"[^A-Za-z0-9.-]+", "_", args.model.split("/")[-1]) + (f"-sample{args.sample}" if args.sample else "")
+        name = args.name or re.sub(r"[^A-Za-z0-9.-]+", "_", args.model.split("/")[-1]) + (
+            f"-sample{args.sample}" if args.sample else ""
+        )
         folder = run(args.model, args.sample, name)
         print(f"report: {folder / 'report.json'}")
     write_results_section()

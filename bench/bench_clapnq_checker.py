@@ -88,14 +88,17 @@ def build_pairs() -> tuple[list[dict], dict[str, str]]:
         gold = record["gold_passage_id"]
         others = [i for i in ids if article(i) != article(gold)]
         claims = dict.fromkeys(
-            " ".join(answer[s.start : s.end].split())
-            for answer in record["answers"]
-            for s in sentence_spans(answer)
+            " ".join(answer[s.start : s.end].split()) for answer in record["answers"] for s in sentence_spans(answer)
         )
         for claim in (c for c in claims if makes_claim(c)):
             scores = lexical_scores(bm25, claim, len(ids))
             hard = max(others, key=lambda i: scores[position[i]])
-            common = {"question_id": record["_id"], "question": record["question"], "claim": claim, "half": half(record["_id"])}
+            common = {
+                "question_id": record["_id"],
+                "question": record["question"],
+                "claim": claim,
+                "half": half(record["_id"]),
+            }
             pairs += [
                 common | {"kind": "supported", "passage_id": gold, "label": True},
                 common | {"kind": "hard", "passage_id": hard, "label": False},
@@ -104,7 +107,9 @@ def build_pairs() -> tuple[list[dict], dict[str, str]]:
     return pairs, texts
 
 
-def judge(verifier: Verifier, pairs: list[dict], texts: dict[str, str], with_question: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def judge(
+    verifier: Verifier, pairs: list[dict], texts: dict[str, str], with_question: bool
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(score, hard checks passed, reason) per pair. The threshold is applied afterwards, so the
     verifier runs with one that nothing falls below."""
     # Grouped by question: the question changes what the claim must be supported on.
@@ -114,7 +119,10 @@ def judge(verifier: Verifier, pairs: list[dict], texts: dict[str, str], with_que
     out: dict[int, tuple[float, bool, str]] = {}
     for question, members in by_question.items():
         verdicts = verifier.verify(
-            [(pairs[n]["claim"], texts[pairs[n]["passage_id"]], 0, len(texts[pairs[n]["passage_id"]])) for n in members],
+            [
+                (pairs[n]["claim"], texts[pairs[n]["passage_id"]], 0, len(texts[pairs[n]["passage_id"]]))
+                for n in members
+            ],
             question,
         )
         out.update({n: (v.score, v.supported, v.reason) for n, v in zip(members, verdicts)})
@@ -149,7 +157,9 @@ def write_plot(curves: dict[str, dict[str, list[dict]]], chosen: dict[str, float
             ax.plot(t, [r["precision"] for r in rows], style, color="tab:blue", label=f"precision, {variant}")
             ax.plot(t, [r["recall"] for r in rows], style, color="tab:orange", label=f"recall, {variant}")
         ax.axhline(0.9, color="grey", linestyle=":", linewidth=1, label="target 0.9")
-        ax.axvline(chosen[name], color="black", linestyle="-.", linewidth=1, label=f"tuned threshold {chosen[name]:.2f}")
+        ax.axvline(
+            chosen[name], color="black", linestyle="-.", linewidth=1, label=f"tuned threshold {chosen[name]:.2f}"
+        )
         ax.axvline(default, color="grey", linestyle="-.", linewidth=1, label=f"default threshold {default:.2f}")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("threshold")
@@ -194,10 +204,13 @@ def calibrate() -> dict:
             "chosen": {"lexical_weight": weight, "threshold": threshold},
             "tune": dict(zip(("precision", "recall"), measure(weight, threshold, tune))),
             "test": dict(zip(("precision", "recall"), measure(weight, threshold, test))),
-            "defaults_test": dict(zip(("precision", "recall"), measure(default_weight, settings.verification.threshold, test))),
+            "defaults_test": dict(
+                zip(("precision", "recall"), measure(default_weight, settings.verification.threshold, test))
+            ),
             # Share of each mismatched kind wrongly accepted on the held-out half.
             "false_accept": {
-                kind: float((passed & (scores >= threshold))[test & (kinds == kind)].mean()) for kind in ("hard", "random")
+                kind: float((passed & (scores >= threshold))[test & (kinds == kind)].mean())
+                for kind in ("hard", "random")
             },
             "hard_check_rejections_of_supported": float((~passed)[test & labels].mean()),
             # What the number/name checks object to in held-out supported pairs (gold answers
@@ -207,7 +220,9 @@ def calibrate() -> dict:
             ],
             "curve_test": curve(scores[test], passed[test], labels[test]),
             # The shipped lexical weight's curve, for comparison with the tuned one.
-            "curve_test_default_weight": curve(grid[default_weight][0][test], grid[default_weight][1][test], labels[test]),
+            "curve_test_default_weight": curve(
+                grid[default_weight][0][test], grid[default_weight][1][test], labels[test]
+            ),
         }
     report["seconds"] = round(time.perf_counter() - clock, 1)
     return report
@@ -230,14 +245,22 @@ def write_results(report: dict) -> None:
         return f"{values['precision']:.3f} / {values['recall']:.3f}"
 
     headers = [
-        "condition", "chosen weight / threshold", "tune P / R", "held-out P / R",
+        "condition",
+        "chosen weight / threshold",
+        "tune P / R",
+        "held-out P / R",
         f"held-out P / R at defaults ({defaults['lexical_weight']} / {defaults['threshold']})",
-        "held-out false accepts hard / random", "supported pairs failing number/name checks",
+        "held-out false accepts hard / random",
+        "supported pairs failing number/name checks",
     ]
     rows = [
         [
-            condition, f"{r['chosen']['lexical_weight']} / {r['chosen']['threshold']:.2f}", pr(r["tune"]), pr(r["test"]),
-            pr(r["defaults_test"]), f"{r['false_accept']['hard']:.3f} / {r['false_accept']['random']:.3f}",
+            condition,
+            f"{r['chosen']['lexical_weight']} / {r['chosen']['threshold']:.2f}",
+            pr(r["tune"]),
+            pr(r["test"]),
+            pr(r["defaults_test"]),
+            f"{r['false_accept']['hard']:.3f} / {r['false_accept']['random']:.3f}",
             f"{r['hard_check_rejections_of_supported']:.3f}",
         ]
         for condition, r in report["conditions"].items()
@@ -246,9 +269,14 @@ def write_results(report: dict) -> None:
 
     Console().print(rich_table("ClapNQ checker calibration", headers, rows))
     # One row per threshold (every 0.05), precision / recall per condition and weight.
-    columns = [(condition, variant, points) for condition, variants in curves.items() for variant, points in variants.items()]
+    columns = [
+        (condition, variant, points) for condition, variants in curves.items() for variant, points in variants.items()
+    ]
     curve_rows = [
-        [f"{columns[0][2][i]['threshold']:.2f}", *(f"{points[i]['precision']:.3f} / {points[i]['recall']:.3f}" for _, _, points in columns)]
+        [
+            f"{columns[0][2][i]['threshold']:.2f}",
+            *(f"{points[i]['precision']:.3f} / {points[i]['recall']:.3f}" for _, _, points in columns),
+        ]
         for i in range(0, len(THRESHOLDS), 5)
     ]
     met = {c: min(r["defaults_test"].values()) >= 0.9 for c, r in report["conditions"].items()}
@@ -277,7 +305,9 @@ def write_results(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section-only", action="store_true", help="redraw plot and RESULTS.md section from report.json")
+    parser.add_argument(
+        "--section-only", action="store_true", help="redraw plot and RESULTS.md section from report.json"
+    )
     args = parser.parse_args(argv)
     if args.section_only:
         report = json.loads((OUT_DIR / "report.json").read_text(encoding="utf-8"))

@@ -72,13 +72,18 @@ def probe(service: RagService, q: EvalQuestion) -> dict:
         return {"id": q.id, "answerable": q.answerable, "reached_model": False}
     cfg = service.settings.answer
     probabilities = first_token_probabilities(
-        answerer.choice_prompt(draft), model=model, api_base=cfg.api_base, timeout_s=600,
+        answerer.choice_prompt(draft),
+        model=model,
+        api_base=cfg.api_base,
+        timeout_s=600,
         local_model=service.local_model,
     )
     draft.choice = choice_from_probabilities(probabilities, len(draft.evidence))
     quotes = [quote.quote for quote in q.quotes]
     return {
-        "id": q.id, "answerable": q.answerable, "reached_model": draft.choice.best is not None,
+        "id": q.id,
+        "answerable": q.answerable,
+        "reached_model": draft.choice.best is not None,
         "candidates": [
             {"signals": answerer.signals(draft, i).__dict__, "label": int(q.answerable and covers(s.text, quotes))}
             for i, s in enumerate(draft.evidence)
@@ -88,7 +93,9 @@ def probe(service: RagService, q: EvalQuestion) -> dict:
 
 def matrix(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     candidates = [c for r in rows for c in r["candidates"]]
-    return np.array([[c["signals"][f] for f in FEATURES] for c in candidates]), np.array([c["label"] for c in candidates])
+    return np.array([[c["signals"][f] for f in FEATURES] for c in candidates]), np.array(
+        [c["label"] for c in candidates]
+    )
 
 
 def fit(rows: list[dict]):
@@ -104,8 +111,16 @@ def answers(model, rows: list[dict]) -> list[dict]:
         x, y = matrix([r])
         confidence = model.predict_proba(x)[:, 1]
         best = int(np.argmax(confidence))
-        out.append({"id": r["id"], "answerable": r["answerable"], "confidence": float(confidence[best]),
-                    "right": bool(y[best]), "first_right": bool(y[0]), "model_right": bool(y[int(np.argmax(x[:, FEATURES.index("log_p_choice")]))])})
+        out.append(
+            {
+                "id": r["id"],
+                "answerable": r["answerable"],
+                "confidence": float(confidence[best]),
+                "right": bool(y[best]),
+                "first_right": bool(y[0]),
+                "model_right": bool(y[int(np.argmax(x[:, FEATURES.index("log_p_choice")]))]),
+            }
+        )
     return out
 
 
@@ -123,12 +138,14 @@ def curve(rows: list[dict], answered: list[dict]) -> list[dict]:
     points = []
     for threshold in np.round(np.arange(0.0, 1.0001, 0.02), 2):
         shown = [a for a in answered if a["confidence"] >= threshold]
-        points.append({
-            "threshold": float(threshold),
-            "abstains_unanswerable": 1 - sum(not a["answerable"] for a in shown) / max(unanswerable, 1),
-            "answerable_right": sum(a["answerable"] and a["right"] for a in shown) / max(answerable, 1),
-            "answerable_wrong": sum(a["answerable"] and not a["right"] for a in shown) / max(answerable, 1),
-        })
+        points.append(
+            {
+                "threshold": float(threshold),
+                "abstains_unanswerable": 1 - sum(not a["answerable"] for a in shown) / max(unanswerable, 1),
+                "answerable_right": sum(a["answerable"] and a["right"] for a in shown) / max(answerable, 1),
+                "answerable_wrong": sum(a["answerable"] and not a["right"] for a in shown) / max(answerable, 1),
+            }
+        )
     return points
 
 
@@ -143,13 +160,31 @@ def write_plot(held_out: list[dict], fitted: list[dict], threshold: float, path)
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for points, style, name in ((held_out, "o-", "held-out half (fitted on the other)"), (fitted, "s--", "all (final fit)")):
-        left.plot([p["abstains_unanswerable"] for p in points], [p["answerable_right"] for p in points], style,
-                  markersize=3, label=name)
-        right.plot([p["threshold"] for p in points], [p["abstains_unanswerable"] for p in points], style, markersize=3,
-                   label=f"abstains on unanswerable ({name})")
-        right.plot([p["threshold"] for p in points], [p["answerable_right"] for p in points], style, markersize=3,
-                   label=f"answerable answered right ({name})")
+    for points, style, name in (
+        (held_out, "o-", "held-out half (fitted on the other)"),
+        (fitted, "s--", "all (final fit)"),
+    ):
+        left.plot(
+            [p["abstains_unanswerable"] for p in points],
+            [p["answerable_right"] for p in points],
+            style,
+            markersize=3,
+            label=name,
+        )
+        right.plot(
+            [p["threshold"] for p in points],
+            [p["abstains_unanswerable"] for p in points],
+            style,
+            markersize=3,
+            label=f"abstains on unanswerable ({name})",
+        )
+        right.plot(
+            [p["threshold"] for p in points],
+            [p["answerable_right"] for p in points],
+            style,
+            markersize=3,
+            label=f"answerable answered right ({name})",
+        )
     left.set_xlabel("abstains on unanswerable questions")
     left.set_ylabel("answerable questions answered right")
     left.set_title("trade-off as the confidence threshold moves")
@@ -202,8 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     final_points = curve(rows, final_answers)
     point = operating_point(final_points, args.abstain)
     model = DecisionModel(
-        features=FEATURES, coefficients=[round(float(c), 4) for c in final.coef_[0]],
-        intercept=round(float(final.intercept_[0]), 4), threshold=point["threshold"],
+        features=FEATURES,
+        coefficients=[round(float(c), 4) for c in final.coef_[0]],
+        intercept=round(float(final.intercept_[0]), 4),
+        threshold=point["threshold"],
         fitted_on=f"{probes['command']} ({probes['date']}): candidates of {len(reached)} ClapNQ dev questions",
     )
     DECISION_FILE.write_text(model.model_dump_json(indent=2) + "\n")
@@ -217,8 +254,16 @@ def main(argv: list[str] | None = None) -> None:
         "gold sentence in the evidence (answerable, all)": f"{sum(any(c['label'] for c in r.get('candidates', [])) for r in rows if r['answerable'])}/{sum(r['answerable'] for r in rows)}",
         "held-out AUC of the confidence (answer right vs not, all questions)": f"{auc([a['confidence'] for a in held_out], [a['right'] for a in held_out]):.3f}",
     }
-    table = [[f"{p['threshold']:.2f}", f"{p['abstains_unanswerable']:.3f}", f"{p['answerable_right']:.3f}",
-              f"{p['answerable_wrong']:.3f}"] for p in final_points if round(p["threshold"] * 50) % 5 == 0]
+    table = [
+        [
+            f"{p['threshold']:.2f}",
+            f"{p['abstains_unanswerable']:.3f}",
+            f"{p['answerable_right']:.3f}",
+            f"{p['answerable_wrong']:.3f}",
+        ]
+        for p in final_points
+        if round(p["threshold"] * 50) % 5 == 0
+    ]
     body = (
         f"`{probes['command']}`, {probes['date']}, {probes['seconds']} s, load {probes['load_average_1min']['start']}"
         f" -> {probes['load_average_1min']['end']}. {len(rows)} ClapNQ dev questions ({args.per_class} answerable +"
@@ -228,7 +273,9 @@ def main(argv: list[str] | None = None) -> None:
         + f"\n\nFitted (rag/decision.json): features {FEATURES}, coefficients {model.coefficients}, intercept"
         f" {model.intercept}; threshold {model.threshold:g}, the lowest that abstains on >= {args.abstain:g} of the"
         " unanswerable calibration questions.\n\nThe final fit over all calibration questions, by threshold:\n\n"
-        + markdown_table(["threshold", "abstains on unanswerable", "answerable answered right", "answerable answered wrong"], table)
+        + markdown_table(
+            ["threshold", "abstains on unanswerable", "answerable answered right", "answerable answered wrong"], table
+        )
         + "\n\nPlot: bench/results/decision/curve.png.\n"
     )
     print(body)

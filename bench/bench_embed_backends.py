@@ -113,7 +113,9 @@ def judged_subset(dataset: BeirDataset, others: int) -> BeirDataset:
     return replace(dataset, documents=[d for d in dataset.documents if d.doc_id in judged] + unjudged)
 
 
-def quality_and_latency(queries: int, others: int, console) -> tuple[BeirDataset, dict[str, dict], dict[str, np.ndarray]]:
+def quality_and_latency(
+    queries: int, others: int, console
+) -> tuple[BeirDataset, dict[str, dict], dict[str, np.ndarray]]:
     """SciFact test scores per backend (each index persists in bench/.cache/), then warm hybrid
     query latency, the backends alternating in blocks so both see the same load."""
     dataset = judged_subset(load_beir(SCIFACT_DIR), others)
@@ -132,7 +134,9 @@ def quality_and_latency(queries: int, others: int, console) -> tuple[BeirDataset
     for block in range(blocks):
         for backend in BACKENDS:
             offset = block * queries // blocks
-            timings[backend] += latencies(services[backend], claims[offset:] + claims[:offset], "hybrid", queries // blocks)
+            timings[backend] += latencies(
+                services[backend], claims[offset:] + claims[:offset], "hybrid", queries // blocks
+            )
     return dataset, scores, {backend: np.array(ms) for backend, ms in timings.items()}
 
 
@@ -141,8 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=int, default=1000, help="SciFact abstracts indexed in the speed rounds")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--queries", type=int, default=200, help="timed hybrid queries per backend")
-    parser.add_argument("--quality-others", type=int, default=0,
-                        help="SciFact quality on the judged abstracts plus this many others (0 = the whole corpus)")
+    parser.add_argument(
+        "--quality-others",
+        type=int,
+        default=0,
+        help="SciFact quality on the judged abstracts plus this many others (0 = the whole corpus)",
+    )
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -167,11 +175,15 @@ def main(argv: list[str] | None = None) -> None:
         "rag index, torch fp32": lambda: rag_index_builder(torch_embedder, settings["torch"])(documents),
         "rag index, onnx-int8": lambda: rag_index_builder(embedders["onnx-int8"], settings["onnx-int8"])(documents),
     }
-    llamaindex = llamaindex_builder(resolve_model(settings["torch"].embedding.model), settings["torch"].embedding.batch_size)
+    llamaindex = llamaindex_builder(
+        resolve_model(settings["torch"].embedding.model), settings["torch"].embedding.batch_size
+    )
     if llamaindex:
         systems["LlamaIndex (HuggingFaceEmbedding fp32)"] = lambda: llamaindex(documents)
     else:
-        console.print("LlamaIndex is not installed (pip install -r bench/requirements-llamaindex.txt): its row is skipped")
+        console.print(
+            "LlamaIndex is not installed (pip install -r bench/requirements-llamaindex.txt): its row is skipped"
+        )
     console.print("warm-up ...")
     warm = documents[:32]
     for build in (rag_index_builder(e, settings[b]) for b, e in embedders.items()):
@@ -182,25 +194,48 @@ def main(argv: list[str] | None = None) -> None:
     runs = speed_rounds(systems, args.rounds, console)
 
     reference = "rag index, torch fp32"
-    headers = ["system", "passages embedded", "median s", "docs/s", "per round s (1-min load avg)", "speed vs fp32 index (per round)"]
+    headers = [
+        "system",
+        "passages embedded",
+        "median s",
+        "docs/s",
+        "per round s (1-min load avg)",
+        "speed vs fp32 index (per round)",
+    ]
     rows = []
     for name, measured in runs.items():
         seconds = median(r["seconds"] for r in measured)
         ratios = round_ratios(runs, reference, name)
-        rows.append([
-            name, int(measured[0]["embedded"]), f"{seconds:.1f}", f"{len(documents) / seconds:.1f}",
-            ", ".join(f"{r['seconds']:.1f} ({r['load']:.1f})" for r in measured),
-            f"{median(ratios):.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})",
-        ])
+        rows.append(
+            [
+                name,
+                int(measured[0]["embedded"]),
+                f"{seconds:.1f}",
+                f"{len(documents) / seconds:.1f}",
+                ", ".join(f"{r['seconds']:.1f} ({r['load']:.1f})" for r in measured),
+                f"{median(ratios):.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})",
+            ]
+        )
     console.print(rich_table(f"Index speed, first {len(documents)} SciFact abstracts", headers, rows))
 
     dataset, scores, timings = quality_and_latency(args.queries, args.quality_others, console)
-    quality_headers = ["backend", *[f"{mode} nDCG@10" for mode in QUALITY_MODES], *[f"{mode} Recall@100" for mode in QUALITY_MODES],
-                       "hybrid query p50 ms", "hybrid query p95 ms", "model load s"]
+    quality_headers = [
+        "backend",
+        *[f"{mode} nDCG@10" for mode in QUALITY_MODES],
+        *[f"{mode} Recall@100" for mode in QUALITY_MODES],
+        "hybrid query p50 ms",
+        "hybrid query p95 ms",
+        "model load s",
+    ]
     quality_rows = [
-        [backend, *[f"{scores[backend][m]['nDCG@10']:.4f}" for m in QUALITY_MODES],
-         *[f"{scores[backend][m]['Recall@100']:.4f}" for m in QUALITY_MODES],
-         f"{np.percentile(timings[backend], 50):.1f}", f"{np.percentile(timings[backend], 95):.1f}", f"{loads[backend]:.1f}"]
+        [
+            backend,
+            *[f"{scores[backend][m]['nDCG@10']:.4f}" for m in QUALITY_MODES],
+            *[f"{scores[backend][m]['Recall@100']:.4f}" for m in QUALITY_MODES],
+            f"{np.percentile(timings[backend], 50):.1f}",
+            f"{np.percentile(timings[backend], 95):.1f}",
+            f"{loads[backend]:.1f}",
+        ]
         for backend in BACKENDS
     ]
     console.print(rich_table("SciFact test (300 queries) and warm hybrid latency", quality_headers, quality_rows))
@@ -210,13 +245,18 @@ def main(argv: list[str] | None = None) -> None:
     verdicts = [
         f"- onnx-int8 index vs torch fp32 index: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x): "
         + ("met" if speedup >= TARGET_SPEEDUP else "MISSED"),
-        *[f"- {m} nDCG@10 fp32 - int8 = {d:+.4f} (target within {QUALITY_TOLERANCE}): "
-          + ("met" if abs(d) <= QUALITY_TOLERANCE else "MISSED") for m, d in drops.items()],
+        *[
+            f"- {m} nDCG@10 fp32 - int8 = {d:+.4f} (target within {QUALITY_TOLERANCE}): "
+            + ("met" if abs(d) <= QUALITY_TOLERANCE else "MISSED")
+            for m, d in drops.items()
+        ],
     ]
     if llamaindex:
         versus = median(round_ratios(runs, "LlamaIndex (HuggingFaceEmbedding fp32)", "rag index, onnx-int8"))
-        verdicts.append(f"- onnx-int8 index vs LlamaIndex, docs/s: {versus:.2f}x (target >= {TARGET_SPEEDUP}x): "
-                        + ("met" if versus >= TARGET_SPEEDUP else "MISSED"))
+        verdicts.append(
+            f"- onnx-int8 index vs LlamaIndex, docs/s: {versus:.2f}x (target >= {TARGET_SPEEDUP}x): "
+            + ("met" if versus >= TARGET_SPEEDUP else "MISSED")
+        )
     console.print("\n".join(verdicts))
     write_section(
         "bench_embed_backends",
@@ -232,12 +272,17 @@ def main(argv: list[str] | None = None) -> None:
         "onnx-int8 includes the one-time export when its cache was empty) and warmed up.\n\n"
         + markdown_table(headers, rows)
         + f"\n\nQuality and latency: BEIR SciFact test split (300 claims) over {len(dataset.documents):,} abstracts"
-        + (f" (the {len(dataset.documents) - args.quality_others} judged for a test claim plus the first {args.quality_others} others, "
-           "not the whole corpus: scores are higher than the SciFact section's and compare only with each other)"
-           if args.quality_others else "")
+        + (
+            f" (the {len(dataset.documents) - args.quality_others} judged for a test claim plus the first {args.quality_others} others, "
+            "not the whole corpus: scores are higher than the SciFact section's and compare only with each other)"
+            if args.quality_others
+            else ""
+        )
         + " through `rag.eval.beir` as in the SciFact section (cleaning off, default retrieval settings), each backend with its own index; warm hybrid "
         f"`RagService.search` latency over {args.queries} claims per backend, the backends alternating in 4 blocks.\n\n"
-        + markdown_table(quality_headers, quality_rows) + "\n\n" + "\n".join(verdicts),
+        + markdown_table(quality_headers, quality_rows)
+        + "\n\n"
+        + "\n".join(verdicts),
     )
 
 

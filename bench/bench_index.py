@@ -145,13 +145,28 @@ def main(argv: list[str] | None = None) -> None:
         ),
     ]
 
-    headers = ["corpus", "docs", "chunks", *[f"{s} s" for s in STAGES], "build s", "raw encode s", "chunks/s", "overhead", "embed-stage overhead"]
+    headers = [
+        "corpus",
+        "docs",
+        "chunks",
+        *[f"{s} s" for s in STAGES],
+        "build s",
+        "raw encode s",
+        "chunks/s",
+        "overhead",
+        "embed-stage overhead",
+    ]
     rows = [
         [
-            r["name"], r["documents"], f"{r['chunks']} ({r['canonical']} indexed)",
+            r["name"],
+            r["documents"],
+            f"{r['chunks']} ({r['canonical']} indexed)",
             *[f"{r['stages'][s]:.2f}" for s in STAGES],
-            f"{r['total']:.2f}", f"{r['raw']:.2f} ({' / '.join(f'{x:.2f}' for x in r['raws'])})",
-            f"{r['canonical'] / r['total']:.1f}", f"{r['overhead']:+.1%}", f"{r['embed_overhead']:+.1%}",
+            f"{r['total']:.2f}",
+            f"{r['raw']:.2f} ({' / '.join(f'{x:.2f}' for x in r['raws'])})",
+            f"{r['canonical'] / r['total']:.1f}",
+            f"{r['overhead']:+.1%}",
+            f"{r['embed_overhead']:+.1%}",
         ]
         for r in results
     ]
@@ -171,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
         "normalised; run once before and once after the build, mean shown with both runs. "
         "Overhead = build wall time / raw encode - 1 (target <= 10%); embed-stage overhead = "
         "`IndexReport.seconds['embed']` / raw encode - 1.\n\n"
-        + markdown_table(headers, rows) + "\n\n" + "\n".join(verdicts),
+        + markdown_table(headers, rows)
+        + "\n\n"
+        + "\n".join(verdicts),
     )
 
 

@@ -49,7 +49,10 @@ class StandInEmbedder:
     dimension = DIMENSION
 
     def encode(self, texts: list[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        rows = [np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:15], 16)).standard_normal(DIMENSION) for t in texts]
+        rows = [
+            np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:15], 16)).standard_normal(DIMENSION)
+            for t in texts
+        ]
         vectors = np.asarray(rows, dtype=np.float32).reshape(len(texts), DIMENSION)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-9)
 
@@ -83,8 +86,13 @@ def cost_row(name: str, generation: Path, repeat: int) -> list[str]:
     paths = [generation / name for name in data.manifest.files]
     blake2b = median_ms(lambda: blake2b_all(paths), repeat)
     return [
-        name, f"{data.manifest.documents:,}", f"{data.manifest.chunks:,}", f"{size / 1e6:.1f} MB",
-        f"{total:.0f}", f"{checksums:.0f} ({checksums / total:.0%})", f"{content:.0f} ({content / total:.0%})",
+        name,
+        f"{data.manifest.documents:,}",
+        f"{data.manifest.chunks:,}",
+        f"{size / 1e6:.1f} MB",
+        f"{total:.0f}",
+        f"{checksums:.0f} ({checksums / total:.0%})",
+        f"{content:.0f} ({content / total:.0%})",
         f"{blake2b:.0f}",
     ]
 
@@ -148,13 +156,24 @@ def shift_offsets(generation: Path) -> None:
 
 def damage_cases(foreign_faiss: Path) -> dict[str, Callable[[Path], None]]:
     cases: dict[str, Callable[[Path], None]] = {}
-    for name in ("dense.faiss", "vectors.npy", "chunks.jsonl", "documents.jsonl", "embedding_keys.json",
-                 "bm25/tf.npy", "bm25/vocab.json", MANIFEST):
+    for name in (
+        "dense.faiss",
+        "vectors.npy",
+        "chunks.jsonl",
+        "documents.jsonl",
+        "embedding_keys.json",
+        "bm25/tf.npy",
+        "bm25/vocab.json",
+        MANIFEST,
+    ):
         where = (lambda g: g) if name == MANIFEST else segment
         cases[f"{name} truncated"] = lambda g, n=name, w=where: truncate(w(g) / n)
         cases[f"{name} random bytes"] = lambda g, n=name, w=where: scramble(w(g) / n)
     cases["dense.faiss from another index"] = lambda g: shutil.copy(foreign_faiss, segment(g) / "dense.faiss")
-    cases["dense.faiss from another index, manifest re-signed"] = lambda g: (shutil.copy(foreign_faiss, segment(g) / "dense.faiss"), resign(g))
+    cases["dense.faiss from another index, manifest re-signed"] = lambda g: (
+        shutil.copy(foreign_faiss, segment(g) / "dense.faiss"),
+        resign(g),
+    )
     cases["offsets of one chunk shifted by 3"] = shift_offsets
     cases["offsets shifted, manifest re-signed"] = lambda g: (shift_offsets(g), resign(g))
     cases["generation folder deleted (CURRENT names a missing one)"] = shutil.rmtree
@@ -174,7 +193,9 @@ def damage_row(case: str, damage: Callable[[Path], None], pristine: Path, corpus
     settings = Settings().replace(index={"corpus_dir": corpus, "dir": index_dir})
     report = update_index(settings, paths=[corpus], embedder_factory=StandInEmbedder)
     # The warning's last part, without the generation's (random) name.
-    recovered = report.rebuilt_because[0].rsplit("; ", 1)[-1].split(" gen-")[0] if report.rebuilt_because else "nothing done"
+    recovered = (
+        report.rebuilt_because[0].rsplit("; ", 1)[-1].split(" gen-")[0] if report.rebuilt_because else "nothing done"
+    )
     read_index(index_dir)  # sound again, or this raises
     return [case, noticed.replace("|", "\\|"), f"{recovered}, embedded {report.embedded}"]
 
@@ -214,12 +235,26 @@ def main(argv: list[str] | None = None) -> None:
             for case, damage in damage_cases(foreign_faiss).items()
         ]
     model_checks = [
-        ["embedding model files against their package RECORD", f"{median_ms(lambda: package_problems(BUNDLED_EMBEDDING_PACKAGE), 1):.0f}"],
-        ["bundled GGUF (1.1 GB), full sha256", f"{median_ms(verify_bundled_gguf, 1):.0f}" if gguf_assembled() else "not assembled"],
+        [
+            "embedding model files against their package RECORD",
+            f"{median_ms(lambda: package_problems(BUNDLED_EMBEDDING_PACKAGE), 1):.0f}",
+        ],
+        [
+            "bundled GGUF (1.1 GB), full sha256",
+            f"{median_ms(verify_bundled_gguf, 1):.0f}" if gguf_assembled() else "not assembled",
+        ],
     ]
     cost_table = markdown_table(
-        ["index", "documents", "passages", "files", "load ms", "xxh3 checksums ms (share)", "counts + offsets ms (share)",
-         "blake2b instead, ms"],
+        [
+            "index",
+            "documents",
+            "passages",
+            "files",
+            "load ms",
+            "xxh3 checksums ms (share)",
+            "counts + offsets ms (share)",
+            "blake2b instead, ms",
+        ],
         costs,
     )
     case_table = markdown_table(["damage (to the current generation)", "noticed at load as", "then `rag index`"], cases)

@@ -198,7 +198,9 @@ def child(spec: str, mode: str, timeout: float) -> None:
         elif mode == "cache":
             context = passages(words, 700, offset=4000)
             runs.append(timed(model, label, "~1000 tok, first ask", messages(context, QUESTIONS[0], None), timeout))
-            runs.append(timed(model, label, "same passages, new question", messages(context, QUESTIONS[1], None), timeout))
+            runs.append(
+                timed(model, label, "same passages, new question", messages(context, QUESTIONS[1], None), timeout)
+            )
         elif mode == "contended":
             msgs = messages(passages(words, 160, offset=9000), QUESTIONS[0], uuid.uuid4().hex)
             runs.append(timed(model, label + " + 1 busy process", "~300 prompt tokens", msgs, timeout))
@@ -267,7 +269,9 @@ def main() -> None:
             clock = time.perf_counter()
             ensure_bundled_gguf(Path(tmp))
             fresh = time.perf_counter() - clock
-        notes.append(f"- GGUF assembly from the 22 part packages, fresh (copy + sha256 + fsync + rename): {fresh:.1f} s")
+        notes.append(
+            f"- GGUF assembly from the 22 part packages, fresh (copy + sha256 + fsync + rename): {fresh:.1f} s"
+        )
         print(notes[-1], flush=True)
     clock = time.perf_counter()
     path = ensure_bundled_gguf()

@@ -61,9 +61,24 @@ def start_server(work: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_ANSWER__MODEL": "extractive"}
     log = (work / "server.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "rag.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--corpus", str(corpus), "--index-dir", str(work / "index")],
-        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "rag.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--corpus",
+            str(corpus),
+            "--index-dir",
+            str(work / "index"),
+        ],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -92,7 +107,9 @@ def run_round(url: str, questions: list[str], clients: int, max_requests: int, m
             while time.monotonic() < deadline and (ticket := next(tickets)) < max_requests:
                 kind = "search" if ticket % 2 == 0 else "ask"
                 question = questions[ticket % len(questions)]
-                body = {"query": question, "k": 5} if kind == "search" else {"question": question, "model": "extractive"}
+                body = (
+                    {"query": question, "k": 5} if kind == "search" else {"question": question, "model": "extractive"}
+                )
                 clock = time.perf_counter()
                 try:
                     ok = http.post(f"/{kind}", json=body).status_code == 200
@@ -128,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=300, help="Requests per round at most.")
     parser.add_argument("--seconds", type=float, default=30, help="Seconds per round at most.")
     args = parser.parse_args(argv)
-    questions = [json.loads(line)["question"] for line in QUESTIONS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    questions = [
+        json.loads(line)["question"] for line in QUESTIONS.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         port = free_port()
@@ -141,8 +160,11 @@ def main(argv: list[str] | None = None) -> None:
                 rounds.append(run_round(url, questions, args.clients, args.requests, args.seconds))
                 rounds[-1].rss_mib = rss_mib(server.pid)
                 done = rounds[-1]
-                print(f"round {number}: {done.requests} requests, {done.errors} errors, {done.seconds:.0f} s, "
-                      f"RSS {done.rss_mib:.0f} MiB, load {done.load_1min:.1f}", flush=True)
+                print(
+                    f"round {number}: {done.requests} requests, {done.errors} errors, {done.seconds:.0f} s, "
+                    f"RSS {done.rss_mib:.0f} MiB, load {done.load_1min:.1f}",
+                    flush=True,
+                )
         finally:
             server.terminate()
             try:
@@ -151,15 +173,35 @@ def main(argv: list[str] | None = None) -> None:
                 server.kill()
 
     rows = [
-        [number, r.clients, r.requests, r.errors, f"{r.requests / r.seconds:.1f}",
-         percentile(r.latency_ms["search"], 50), percentile(r.latency_ms["search"], 95),
-         percentile(r.latency_ms["ask"], 50), percentile(r.latency_ms["ask"], 95),
-         f"{r.rss_mib:.0f}", f"{r.load_1min:.1f}"]
+        [
+            number,
+            r.clients,
+            r.requests,
+            r.errors,
+            f"{r.requests / r.seconds:.1f}",
+            percentile(r.latency_ms["search"], 50),
+            percentile(r.latency_ms["search"], 95),
+            percentile(r.latency_ms["ask"], 50),
+            percentile(r.latency_ms["ask"], 95),
+            f"{r.rss_mib:.0f}",
+            f"{r.load_1min:.1f}",
+        ]
         for number, r in enumerate(rounds, start=1)
     ]
     table = markdown_table(
-        ["round", "clients", "requests", "errors", "req/s", "search p50 ms", "search p95 ms",
-         "ask p50 ms", "ask p95 ms", "server RSS after, MiB", "load avg 1 min"],
+        [
+            "round",
+            "clients",
+            "requests",
+            "errors",
+            "req/s",
+            "search p50 ms",
+            "search p95 ms",
+            "ask p50 ms",
+            "ask p95 ms",
+            "server RSS after, MiB",
+            "load avg 1 min",
+        ],
         rows,
     )
     growth = rounds[-1].rss_mib - rounds[0].rss_mib

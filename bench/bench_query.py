@@ -33,7 +33,9 @@ def seeds_service() -> tuple[RagService, list[str]]:
     """The seeds index; queries are sentences taken from the seed documents (real wording,
     varied length), since the seeds come without a question set."""
     settings = Settings()
-    settings = settings.model_copy(update={"index": settings.index.model_copy(update={"dir": CACHE_DIR / "seeds-index"})})
+    settings = settings.model_copy(
+        update={"index": settings.index.model_copy(update={"dir": CACHE_DIR / "seeds-index"})}
+    )
     service = RagService(settings)
     service.update(paths=[SEEDS_DIR])
     queries = [
@@ -82,10 +84,17 @@ def main(argv: list[str] | None = None) -> None:
         manifest = service.store.manifest
         for mode in MODES:
             ms = np.array(latencies(service, queries, mode, args.queries))
-            rows.append([
-                f"{name} ({manifest.documents} docs, {manifest.canonical_chunks} chunks)", mode, len(ms),
-                f"{np.percentile(ms, 50):.1f}", f"{np.percentile(ms, 95):.1f}", f"{ms.mean():.1f}", f"{ms.max():.1f}",
-            ])
+            rows.append(
+                [
+                    f"{name} ({manifest.documents} docs, {manifest.canonical_chunks} chunks)",
+                    mode,
+                    len(ms),
+                    f"{np.percentile(ms, 50):.1f}",
+                    f"{np.percentile(ms, 95):.1f}",
+                    f"{ms.mean():.1f}",
+                    f"{ms.max():.1f}",
+                ]
+            )
             console.print(f"  {mode}: p50 {rows[-1][3]} ms, p95 {rows[-1][4]} ms")
 
     headers = ["index", "mode", "queries", "p50 ms", "p95 ms", "mean ms", "max ms"]

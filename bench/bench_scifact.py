@@ -123,7 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     variants = [v for v in VARIANTS if not args.only or any(v.name.startswith(p) for p in args.only)]
 
     results = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as bar:
         tasks: dict[str, int] = {}
 
@@ -144,11 +150,28 @@ def main(argv: list[str] | None = None) -> None:
                     f"  {mode:6} nDCG@10 {s['nDCG@10']:.4f}  Recall@{args.k} {s[f'Recall@{args.k}']:.4f}  MRR@10 {s['MRR@10']:.4f}"
                 )
 
-    headers = ["variant", "indexed chunks", "mode", "nDCG@10", f"Recall@{args.k}", "MRR@10", "embedded", "build s", "eval s"]
+    headers = [
+        "variant",
+        "indexed chunks",
+        "mode",
+        "nDCG@10",
+        f"Recall@{args.k}",
+        "MRR@10",
+        "embedded",
+        "build s",
+        "eval s",
+    ]
     rows = [
         [
-            r["variant"], r["chunks"], mode, f"{s['nDCG@10']:.4f}", f"{s[f'Recall@{args.k}']:.4f}", f"{s['MRR@10']:.4f}",
-            r["embedded"], f"{r['build_seconds']:.0f}", f"{r['eval_seconds']:.0f}",
+            r["variant"],
+            r["chunks"],
+            mode,
+            f"{s['nDCG@10']:.4f}",
+            f"{s[f'Recall@{args.k}']:.4f}",
+            f"{s['MRR@10']:.4f}",
+            r["embedded"],
+            f"{r['build_seconds']:.0f}",
+            f"{r['eval_seconds']:.0f}",
         ]
         for r in results
         for mode, s in r["scores"].items()
@@ -159,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     if default:
         for mode, target in TARGETS.items():
             got = default["scores"][mode]["nDCG@10"]
-            verdicts.append(f"- {mode}: nDCG@10 {got:.4f} vs target {target:.2f}: {'met' if got >= target else 'MISSED'}")
+            verdicts.append(
+                f"- {mode}: nDCG@10 {got:.4f} vs target {target:.2f}: {'met' if got >= target else 'MISSED'}"
+            )
         console.print("\n".join(verdicts))
     if args.only:
         console.print("(--only given: RESULTS.md not updated, it keeps the full variant table)")
@@ -173,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Recall@{args.k} from a search deep enough for {args.k} documents (k x passages per document). "
         "Unlisted settings are the defaults (rrf_k 60, weights 1/1, candidates 100, include_title on, "
         "chunking 150/220/25). `embedded` = passages embedded by this run (0 = all vectors reused from the cache).\n\n"
-        + markdown_table(headers, rows) + ("\n\nTargets (default settings):\n" + "\n".join(verdicts) if verdicts else ""),
+        + markdown_table(headers, rows)
+        + ("\n\nTargets (default settings):\n" + "\n".join(verdicts) if verdicts else ""),
     )
 
 

@@ -53,6 +53,7 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
+
 def _version(given: bool) -> None:
     if given:
         from rag import __version__
@@ -63,12 +64,16 @@ def _version(given: bool) -> None:
 
 @app.callback()
 def _options(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Questions answered with citations you can check."""
 
 
-IndexDirOption = Annotated[Optional[Path], typer.Option("--index-dir", help="Index folder (default: settings, ./index).")]
+IndexDirOption = Annotated[
+    Optional[Path], typer.Option("--index-dir", help="Index folder (default: settings, ./index).")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of human output.")]
 
 
@@ -76,7 +81,11 @@ def _settings(index_dir: Path | None, **flags: dict[str, object]) -> Settings:
     """The settings, with the command-line flags given (not None) over rag.toml and RAG_*:
     `flags` maps a section to its settings, `server={"port": port}`."""
     flags = {**flags, "index": {"dir": index_dir, **flags.get("index", {})}}
-    overrides = {section: given for section, values in flags.items() if (given := {k: v for k, v in values.items() if v is not None})}
+    overrides = {
+        section: given
+        for section, values in flags.items()
+        if (given := {k: v for k, v in values.items() if v is not None})
+    }
     settings = load_settings(**overrides)
     if settings.index.dir.is_file():
         source = "--index-dir" if index_dir is not None else "setting index.dir"
@@ -112,7 +121,9 @@ def _print_report(report: IndexReport) -> None:
     for reason in report.rebuilt_because:
         err.print(f"[yellow]rebuilding:[/] {escape(reason)}")
     if not report.written:
-        out.print(f"Index in {report.index_dir}/ is up to date: {report.documents} documents, {report.chunks} passages.")
+        out.print(
+            f"Index in {report.index_dir}/ is up to date: {report.documents} documents, {report.chunks} passages."
+        )
         return
     out.print(
         f"Indexed {report.documents} documents into {report.index_dir}/: "
@@ -127,8 +138,13 @@ def _print_report(report: IndexReport) -> None:
 def _progress_bar(label: str = "{task.description}") -> Progress:
     """Progress on stderr, so `--json` output on stdout stays clean."""
     return Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=err, transient=True,
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
     )
 
 
@@ -168,14 +184,20 @@ def _progress_lines(every_s: float) -> EmbedProgress:
 
 @app.command()
 def index(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Folders (mirrored) or files to index. Default: the corpus folder of the settings (./seeds).")] = None,
+    paths: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="Folders (mirrored) or files to index. Default: the corpus folder of the settings (./seeds)."
+        ),
+    ] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-embed everything instead of reusing vectors.")] = False,
     index_dir: IndexDirOption = None,
     as_json: JsonOption = False,
     cluster: Annotated[
         Optional[str],
         typer.Option(
-            "--cluster", metavar="[ADDRESS]",
+            "--cluster",
+            metavar="[ADDRESS]",
             help="Run on a Dask cluster: the scheduler at ADDRESS (tcp://host:port), or alone (or `local`) a local cluster on 127.0.0.1. Needs `pip install cited-rag\\[cluster]`.",
         ),
     ] = None,
@@ -205,7 +227,12 @@ def remove(
 
 @app.command()
 def migrate(
-    to: Annotated[str, typer.Option("--to", help="milvus: copy the index in --index-dir into the Milvus store of the settings; faiss: back.")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", help="milvus: copy the index in --index-dir into the Milvus store of the settings; faiss: back."
+        ),
+    ],
     index_dir: IndexDirOption = None,
 ) -> None:
     """Copy the index between the embedded files and Milvus, vectors included (nothing is embedded again)."""
@@ -226,7 +253,9 @@ def docs(index_dir: IndexDirOption = None, as_json: JsonOption = False) -> None:
         return
     table = Table("doc_id", "title", "chunks", "copies", "chars")
     for info in infos:
-        table.add_row(escape(info.doc_id), escape(info.title), str(info.chunks), str(info.duplicate_chunks), str(info.chars))
+        table.add_row(
+            escape(info.doc_id), escape(info.title), str(info.chunks), str(info.duplicate_chunks), str(info.chars)
+        )
     out.print(table)
 
 
@@ -261,7 +290,12 @@ def show_config(index_dir: IndexDirOption = None, as_json: JsonOption = False) -
         for name, value, source in setting_sources(_settings(index_dir), flags)
     ]
     if as_json:
-        _print_json({name: {"value": value, "from": source, "description": setting_description(name)} for name, value, source in rows})
+        _print_json(
+            {
+                name: {"value": value, "from": source, "description": setting_description(name)}
+                for name, value, source in rows
+            }
+        )
         return
     table = Table("setting", "value", "from")
     for name, value, source in rows:
@@ -272,8 +306,12 @@ def show_config(index_dir: IndexDirOption = None, as_json: JsonOption = False) -
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="A question or keywords.")],
-    k: Annotated[Optional[int], typer.Option("--k", "-k", help="Number of passages (default: setting retrieval.k).")] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="hybrid, dense or bm25 (default: setting retrieval.mode).")] = None,
+    k: Annotated[
+        Optional[int], typer.Option("--k", "-k", help="Number of passages (default: setting retrieval.k).")
+    ] = None,
+    mode: Annotated[
+        Optional[str], typer.Option("--mode", help="hybrid, dense or bm25 (default: setting retrieval.mode).")
+    ] = None,
     doc: Annotated[Optional[list[str]], typer.Option("--doc", help="Only search this document (repeatable).")] = None,
     index_dir: IndexDirOption = None,
     as_json: JsonOption = False,
@@ -283,8 +321,10 @@ def search(
     response = service.search(_request(SearchRequest, query=query, k=k, mode=mode, doc_ids=doc))
     stale = service.changed_on_disk()
     if stale:
-        err.print(f"[yellow]warning:[/] {len(stale)} indexed document(s) changed on disk since indexing "
-                  f"({escape(', '.join(stale[:3]))}); run `rag index` to refresh")
+        err.print(
+            f"[yellow]warning:[/] {len(stale)} indexed document(s) changed on disk since indexing "
+            f"({escape(', '.join(stale[:3]))}); run `rag index` to refresh"
+        )
     if as_json:
         payload = response.model_dump()
         _print_json(payload)
@@ -294,22 +334,59 @@ def search(
     for hit in response.results:
         where = " ".join(filter(None, [hit.doc_id, page_label(hit), f"[{hit.start}:{hit.end}]"]))
         also = f"  (also in {', '.join(sorted({a.doc_id for a in hit.also_in}))})" if hit.also_in else ""
-        out.print(Panel(escape(hit.text), title=f"{hit.rank}. {escape(hit.title)}", subtitle=f"{escape(where)}  score {hit.score:.4f}{escape(also)}", title_align="left", subtitle_align="left"))
+        out.print(
+            Panel(
+                escape(hit.text),
+                title=f"{hit.rank}. {escape(hit.title)}",
+                subtitle=f"{escape(where)}  score {hit.score:.4f}{escape(also)}",
+                title_align="left",
+                subtitle_align="left",
+            )
+        )
 
 
 @app.command()
 def ask(
     ctx: typer.Context,
     question: Annotated[Optional[str], typer.Argument(help="The question. Omit it with --file.")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", help="Answer every question in this file: one per line, or JSON Lines with a `question` field.")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", "-k", help="Passages searched for evidence sentences (default: setting evidence.passages).")] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="Retrieval: hybrid, dense or bm25 (default: setting retrieval.mode).")] = None,
+    file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--file", help="Answer every question in this file: one per line, or JSON Lines with a `question` field."
+        ),
+    ] = None,
+    k: Annotated[
+        Optional[int],
+        typer.Option(
+            "--k", "-k", help="Passages searched for evidence sentences (default: setting evidence.passages)."
+        ),
+    ] = None,
+    mode: Annotated[
+        Optional[str],
+        typer.Option("--mode", help="Retrieval: hybrid, dense or bm25 (default: setting retrieval.mode)."),
+    ] = None,
     doc: Annotated[Optional[list[str]], typer.Option("--doc", help="Only use this document (repeatable).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="litellm model string, or `extractive` (no LLM). Default: the embedded local model.")] = None,
-    api_base: Annotated[Optional[str], typer.Option("--api-base", help="Base URL of an OpenAI-compatible server.")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Default: setting answer.temperature.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Default: setting answer.max_tokens.")] = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds to wait for the model before falling back (default: setting answer.timeout_s).")] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model", help="litellm model string, or `extractive` (no LLM). Default: the embedded local model."
+        ),
+    ] = None,
+    api_base: Annotated[
+        Optional[str], typer.Option("--api-base", help="Base URL of an OpenAI-compatible server.")
+    ] = None,
+    temperature: Annotated[
+        Optional[float], typer.Option("--temperature", help="Default: setting answer.temperature.")
+    ] = None,
+    max_tokens: Annotated[
+        Optional[int], typer.Option("--max-tokens", help="Default: setting answer.max_tokens.")
+    ] = None,
+    timeout: Annotated[
+        Optional[float],
+        typer.Option(
+            "--timeout", help="Seconds to wait for the model before falling back (default: setting answer.timeout_s)."
+        ),
+    ] = None,
     index_dir: IndexDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -317,8 +394,15 @@ def ask(
     if (question is None) == (file is None):
         raise BadInputError("give either a question or --file QUESTIONS")
     options = _request(
-        AskOptions, k=k, mode=mode, doc_ids=doc, model=model, api_base=api_base,
-        temperature=temperature, max_tokens=max_tokens, timeout_s=timeout,
+        AskOptions,
+        k=k,
+        mode=mode,
+        doc_ids=doc,
+        model=model,
+        api_base=api_base,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout_s=timeout,
     )
     service = _closed_with(ctx, _service(index_dir))
     if file is not None:
@@ -341,16 +425,19 @@ def ask(
 
 @app.command()
 def check(
-    file: Annotated[Optional[str], typer.Argument(help="JSON answer with citations (as `rag ask --json` prints), or - for stdin.")] = None,
+    file: Annotated[
+        Optional[str], typer.Argument(help="JSON answer with citations (as `rag ask --json` prints), or - for stdin.")
+    ] = None,
     claim: Annotated[Optional[str], typer.Option("--claim", help="Check one claim instead of a file.")] = None,
-    doc: Annotated[Optional[str], typer.Option("--doc", help="With --claim: the document it cites (omit to search the index for evidence).")] = None,
+    doc: Annotated[
+        Optional[str],
+        typer.Option("--doc", help="With --claim: the document it cites (omit to search the index for evidence)."),
+    ] = None,
     index_dir: IndexDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Check each cited sentence of an answer against the passage it cites."""
     from pydantic import ValidationError
-
-
 
     if (file is None) == (claim is None):
         raise BadInputError("give a JSON file (or - for stdin), or --claim TEXT")
@@ -366,7 +453,9 @@ def check(
         except (OSError, UnicodeDecodeError):
             raise BadInputError(f"cannot read {file} as UTF-8 text") from None
         except ValidationError as exc:
-            raise BadInputError(f"not an answer to check: {exc.errors()[0]['msg']} at {'.'.join(map(str, exc.errors()[0]['loc'])) or 'top level'}") from None
+            raise BadInputError(
+                f"not an answer to check: {exc.errors()[0]['msg']} at {'.'.join(map(str, exc.errors()[0]['loc'])) or 'top level'}"
+            ) from None
     report = service.check(request)
     if as_json:
         _print_json(report.model_dump())
@@ -374,9 +463,15 @@ def check(
     for sentence in report.sentences:
         out.print(f"[bold]{escape(sentence.text)}[/]  [dim]{sentence.status}[/]")
         for verdict in sentence.citations:
-            style = {"supported": "[green]✓ supported[/]", "not_supported": "[red]✗ not supported[/]"}.get(verdict.verdict, "[red]✗ points at nothing[/]")
-            where = f" {escape(verdict.doc_id or '')} [{verdict.start}:{verdict.end}]" if verdict.start is not None else ""
-            out.print(f"  [{verdict.id}] {style}{where}" + (f"  [dim]({escape(verdict.reason)})[/]" if verdict.reason else ""))
+            style = {"supported": "[green]✓ supported[/]", "not_supported": "[red]✗ not supported[/]"}.get(
+                verdict.verdict, "[red]✗ points at nothing[/]"
+            )
+            where = (
+                f" {escape(verdict.doc_id or '')} [{verdict.start}:{verdict.end}]" if verdict.start is not None else ""
+            )
+            out.print(
+                f"  [{verdict.id}] {style}{where}" + (f"  [dim]({escape(verdict.reason)})[/]" if verdict.reason else "")
+            )
             if verdict.text:
                 out.print(f"      [italic]“{escape(' '.join(verdict.text.split()))}”[/]")
     if report.uncited_claims:
@@ -385,10 +480,12 @@ def check(
 
 def _read_limited(file: str, limit: int) -> str:
     """The text of a file (`-`: stdin), refused when over `limit` characters; never more read."""
-    with (sys.stdin if file == "-" else open(file, encoding="utf-8")) as handle:  # noqa: SIM115 - stdin or a file
+    with sys.stdin if file == "-" else open(file, encoding="utf-8") as handle:  # noqa: SIM115 - stdin or a file
         text = handle.read(limit + 1)
     if len(text) > limit:
-        raise BadInputError(f"{'stdin' if file == '-' else file} is over {limit:,} characters (verification.max_check_chars)")
+        raise BadInputError(
+            f"{'stdin' if file == '-' else file} is over {limit:,} characters (verification.max_check_chars)"
+        )
     return text
 
 
@@ -458,15 +555,29 @@ def _print_answer(response, show_answer: bool) -> None:
 @app.command(name="eval")
 def evaluate(
     ctx: typer.Context,
-    target: Annotated[Optional[str], typer.Argument(help="A question set (JSON Lines), or `beir` followed by a BEIR dataset folder.")] = None,
-    beir_dir: Annotated[Optional[Path], typer.Argument(help="With `beir`: the dataset folder (corpus.jsonl, queries.jsonl, qrels/).")] = None,
-    compare: Annotated[Optional[tuple[Path, Path]], typer.Option("--compare", help="Show two saved reports side by side.")] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="Retrieval mode (BEIR: only this one; default all).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Answer model (litellm string or `extractive`).")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, max=50, help="Passages searched for evidence sentences.")] = None,
+    target: Annotated[
+        Optional[str], typer.Argument(help="A question set (JSON Lines), or `beir` followed by a BEIR dataset folder.")
+    ] = None,
+    beir_dir: Annotated[
+        Optional[Path], typer.Argument(help="With `beir`: the dataset folder (corpus.jsonl, queries.jsonl, qrels/).")
+    ] = None,
+    compare: Annotated[
+        Optional[tuple[Path, Path]], typer.Option("--compare", help="Show two saved reports side by side.")
+    ] = None,
+    mode: Annotated[
+        Optional[str], typer.Option("--mode", help="Retrieval mode (BEIR: only this one; default all).")
+    ] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Answer model (litellm string or `extractive`).")
+    ] = None,
+    k: Annotated[
+        Optional[int], typer.Option("--k", "-k", min=1, max=50, help="Passages searched for evidence sentences.")
+    ] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N questions.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for report.json and chart.png.")] = None,
-    split: Annotated[str, typer.Option("--split", help="With `beir`: the qrels split, qrels/SPLIT.tsv (e.g. test, dev).")] = "test",
+    split: Annotated[
+        str, typer.Option("--split", help="With `beir`: the qrels split, qrels/SPLIT.tsv (e.g. test, dev).")
+    ] = "test",
     index_dir: IndexDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -498,7 +609,9 @@ def evaluate(
     progress = _progress_bar("Answering")
     task = progress.add_task("eval", total=len(questions))
     with progress:
-        report = evaluation.evaluate_questions(service, questions, options, lambda done, total: progress.update(task, completed=done))
+        report = evaluation.evaluate_questions(
+            service, questions, options, lambda done, total: progress.update(task, completed=done)
+        )
     folder = out or Path("eval-results") / f"{Path(target).stem}-{re.sub(r'[^A-Za-z0-9.-]+', '_', report['model'])}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -527,7 +640,13 @@ def _print_metrics(reports: dict[str, dict]) -> None:
             cells = []
             for report in reports.values():
                 value = report["metrics"].get(group, {}).get(key)
-                cells.append("–" if value is None else f"{value:.3f}" if isinstance(value, float) and value <= 1 else f"{value:,.0f}")
+                cells.append(
+                    "–"
+                    if value is None
+                    else f"{value:.3f}"
+                    if isinstance(value, float) and value <= 1
+                    else f"{value:,.0f}"
+                )
             table.add_row(f"{group}.{key}", *cells)
     out.print(table)
 
@@ -559,10 +678,23 @@ def _evaluate_beir(dataset: Path, mode: str | None, index_dir: Path | None, as_j
 @app.command()
 def serve(
     ctx: typer.Context,
-    host: Annotated[Optional[str], typer.Option("--host", help="Address to bind (default: settings, 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", min=0, max=65535, help="Port (default: settings, 7860).")] = None,
-    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Corpus folder: indexed at start, uploads are saved here (default: ./seeds).")] = None,
-    allow_unauthenticated: Annotated[bool, typer.Option("--allow-unauthenticated", help="Serve a non-loopback address without API keys: anyone who reaches it may read, ask, upload and delete.")] = False,
+    host: Annotated[
+        Optional[str], typer.Option("--host", help="Address to bind (default: settings, 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        Optional[int], typer.Option("--port", min=0, max=65535, help="Port (default: settings, 7860).")
+    ] = None,
+    corpus: Annotated[
+        Optional[Path],
+        typer.Option("--corpus", help="Corpus folder: indexed at start, uploads are saved here (default: ./seeds)."),
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unauthenticated",
+            help="Serve a non-loopback address without API keys: anyone who reaches it may read, ask, upload and delete.",
+        ),
+    ] = False,
     index_dir: IndexDirOption = None,
 ) -> None:
     """Serve the web interface and the HTTP API on one port, indexing the corpus first."""
@@ -612,7 +744,9 @@ def _check_can_listen(host: str, port: int) -> None:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         socket.create_server((host, port), family=family).close()
     except OSError as exc:
-        raise BadInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another --port or --host)") from None
+        raise BadInputError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another --port or --host)"
+        ) from None
 
 
 # Request fields whose command-line option has another name.
@@ -621,6 +755,7 @@ OPTION_NAMES = {"doc_ids": "doc", "timeout_s": "timeout"}
 
 def _request(kind: type[Request], **fields: object) -> Request:
     """A request from the command-line values given; a bad one is one line naming the option."""
+
     def option(field: str) -> str:
         return "--" + OPTION_NAMES.get(field, field).replace("_", "-")
 
@@ -675,6 +810,7 @@ def main() -> None:
             raise
         err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))} (set RAG_DEBUG=1 for details)")
         raise SystemExit(1) from None
+
 
 if __name__ == "__main__":
     main()

@@ -100,7 +100,9 @@ class IndexSettings(Section):
     hnsw_ef_search: int = Field(128, description="HNSW search breadth (faiss_type hnsw); at least k is used.")
     hnsw_ef_construction: int = Field(40, ge=1, description="HNSW build breadth (faiss_type hnsw*).")
     ivf_nprobe: int = Field(16, description="IVF lists searched per query (faiss_type ivf).")
-    ivf_nlist: int | None = Field(None, ge=1, description="IVF lists; None = 4·sqrt(n), at most one per 39 vectors (faiss_type ivf*).")
+    ivf_nlist: int | None = Field(
+        None, ge=1, description="IVF lists; None = 4·sqrt(n), at most one per 39 vectors (faiss_type ivf*)."
+    )
     ivf_pq_m: int = Field(48, ge=1, description="PQ bytes per vector (faiss_type ivf-pq); must divide the dimension.")
     dedup_threshold: float = Field(
         0.8, gt=0, le=1, description="MinHash Jaccard similarity above which two chunks count as copies of one passage."
@@ -128,10 +130,14 @@ class IngestSettings(Section):
         None,
         description="Address of a running Dask scheduler (tcp://host:port) for engine dask; unset: a local cluster bound to 127.0.0.1 is started for the run.",
     )
-    local_workers: int = Field(2, ge=1, description="Worker processes of the local cluster started when no scheduler_address is set.")
+    local_workers: int = Field(
+        2, ge=1, description="Worker processes of the local cluster started when no scheduler_address is set."
+    )
     local_threads_per_worker: int = Field(1, ge=1, description="Threads of each worker process of that local cluster.")
     task_size: int = Field(
-        256, ge=1, description="Documents or passages one cluster task handles: larger tasks cost less scheduling, smaller ones spread better and lose less when a worker dies."
+        256,
+        ge=1,
+        description="Documents or passages one cluster task handles: larger tasks cost less scheduling, smaller ones spread better and lose less when a worker dies.",
     )
     worker_resources: str | None = Field(
         None,
@@ -366,7 +372,9 @@ class StoreSettings(Section):
         "HNSW",
         description="The dense index as Milvus names it (HNSW, IVF_FLAT, FLAT, AUTOINDEX...); searches use index.hnsw_ef_search (at least the candidate depth) or index.ivf_nprobe.",
     )
-    index_params: dict[str, Any] = Field({"M": 32, "efConstruction": 200}, description="Build parameters of the dense index.")
+    index_params: dict[str, Any] = Field(
+        {"M": 32, "efConstruction": 200}, description="Build parameters of the dense index."
+    )
     timeout_s: float = Field(30.0, gt=0, description="Seconds allowed for one call to the server.")
 
 

@@ -154,4 +154,6 @@ def package_problems(name: str) -> list[str]:
             continue
         if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != file.hash.value:
             changed.append(path)
-    return [f"{path} is missing or differs from package '{name}': pip install --force-reinstall {name}" for path in changed]
+    return [
+        f"{path} is missing or differs from package '{name}': pip install --force-reinstall {name}" for path in changed
+    ]

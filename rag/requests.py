@@ -31,7 +31,8 @@ class SearchRequest(BaseModel):
     query: str = Field(description="A question or keywords.")
     k: int | None = Field(None, ge=1, le=1000, description="Passages to return; default: setting retrieval.k.")
     mode: SearchMode | None = Field(
-        None, description="hybrid (meaning and keywords fused), dense (meaning) or bm25 (keywords); default: setting retrieval.mode."
+        None,
+        description="hybrid (meaning and keywords fused), dense (meaning) or bm25 (keywords); default: setting retrieval.mode.",
     )
     doc_ids: list[str] | None = Field(None, description="Only search these documents (ids as listed by /documents).")
 
@@ -41,13 +42,18 @@ class AskOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int | None = Field(None, ge=1, le=50, description="Passages searched for evidence sentences; default: setting evidence.passages.")
+    k: int | None = Field(
+        None, ge=1, le=50, description="Passages searched for evidence sentences; default: setting evidence.passages."
+    )
     mode: SearchMode | None = Field(None, description="Retrieval mode; default: setting retrieval.mode.")
     doc_ids: list[str] | None = Field(None, description="Only use these documents.")
     model: str | None = Field(
-        None, description="litellm model string, or `extractive` (sentences of the passages, no LLM); default: setting answer.model."
+        None,
+        description="litellm model string, or `extractive` (sentences of the passages, no LLM); default: setting answer.model.",
     )
-    api_base: str | None = Field(None, description="Base URL of an OpenAI-compatible server; default: setting answer.api_base.")
+    api_base: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible server; default: setting answer.api_base."
+    )
     temperature: float | None = Field(None, ge=0, le=2, description="Default: setting answer.temperature.")
     max_tokens: int | None = Field(None, ge=1, le=8192, description="Default: setting answer.max_tokens.")
     timeout_s: float | None = Field(

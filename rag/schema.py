@@ -109,7 +109,7 @@ class SearchHit(BaseModel):
 
 
 def page_label(ref: Chunk | SearchHit | Citation) -> str:
-    """"p. 3", or "pp. 3–4" for a span over pages 3 and 4; "" for documents without pages."""
+    """ "p. 3", or "pp. 3–4" for a span over pages 3 and 4; "" for documents without pages."""
     if ref.page is None:
         return ""
     return f"pp. {ref.pages[0]}–{ref.pages[-1]}" if ref.pages else f"p. {ref.page}"

@@ -153,8 +153,13 @@ class RagService:
             )
         else:
             report = update_index(
-                self.settings, paths=paths, remove=remove, rebuild=rebuild,
-                embedder_factory=lambda: self.embedder, progress=progress, documents=documents,
+                self.settings,
+                paths=paths,
+                remove=remove,
+                rebuild=rebuild,
+                embedder_factory=lambda: self.embedder,
+                progress=progress,
+                documents=documents,
             )
         if report.written:
             self._reset()
@@ -171,8 +176,13 @@ class RagService:
         counts = store.chunk_counts()
         return [
             DocumentInfo(
-                doc_id=doc.doc_id, title=doc.display_title, source_url=doc.source_url, path=doc.path,
-                chars=len(doc.text), chunks=counts[doc.doc_id].chunks, duplicate_chunks=counts[doc.doc_id].duplicates,
+                doc_id=doc.doc_id,
+                title=doc.display_title,
+                source_url=doc.source_url,
+                path=doc.path,
+                chars=len(doc.text),
+                chunks=counts[doc.doc_id].chunks,
+                duplicate_chunks=counts[doc.doc_id].duplicates,
             )
             for doc in sorted(store.documents.values(), key=lambda d: d.doc_id)
         ]

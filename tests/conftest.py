@@ -52,7 +52,9 @@ def corpus(tmp_path: Path) -> Path:
 def make_settings(index_dir: Path, corpus_dir: Path = SEEDS, **sections: dict) -> Settings:
     """Settings for a test: defaults (the user's rag.toml and RAG_* do not apply, see above),
     this index and corpus, and `sections` as `Settings.replace` takes them."""
-    return Settings().replace(index={"dir": index_dir, "corpus_dir": corpus_dir, **sections.pop("index", {})}, **sections)
+    return Settings().replace(
+        index={"dir": index_dir, "corpus_dir": corpus_dir, **sections.pop("index", {})}, **sections
+    )
 
 
 @pytest.fixture(scope="session")
@@ -99,8 +101,22 @@ def serve(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iter
     log = work / "server.log"
     with log.open("w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "rag.cli", "serve", "--port", str(port), "--corpus", str(corpus), "--index-dir", str(work / "index")],
-            cwd=work, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, stdout=log_file, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "rag.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--corpus",
+                str(corpus),
+                "--index-dir",
+                str(work / "index"),
+            ],
+            cwd=work,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -129,9 +145,13 @@ def serve(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iter
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The server as `make run` starts it: no keys, on loopback."""
-    yield from serve(tmp_path_factory, {
-        "RAG_SERVER__MAX_UPLOAD_BYTES": str(TEST_UPLOAD_LIMIT), "RAG_SERVER__MAX_BODY_BYTES": str(TEST_BODY_LIMIT),
-    })
+    yield from serve(
+        tmp_path_factory,
+        {
+            "RAG_SERVER__MAX_UPLOAD_BYTES": str(TEST_UPLOAD_LIMIT),
+            "RAG_SERVER__MAX_BODY_BYTES": str(TEST_BODY_LIMIT),
+        },
+    )
 
 
 # Keys of `keyed_server`.
@@ -184,9 +204,18 @@ def start_milvus(data_dir: Path, port: int | None = None) -> MilvusServer:
     port = port or free_port()
     log = (data_dir.parent / f"{data_dir.name}-milvus.log").open("a")
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("milvus-lite")), "server", "--data-dir", str(data_dir),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(Path(sys.executable).with_name("milvus-lite")),
+            "server",
+            "--data-dir",
+            str(data_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
     while True:

@@ -47,7 +47,12 @@ def service_with(seed_service, embedder, **server: object):
 def keyed(seed_service, embedder):
     """The whole app (API, pages, Gradio) with a read-only and an admin key."""
     service = service_with(
-        seed_service, embedder, api_keys=[READ_KEY], admin_keys=[ADMIN_KEY], cors_origins=[ALLOWED_ORIGIN], max_body_bytes=50_000,
+        seed_service,
+        embedder,
+        api_keys=[READ_KEY],
+        admin_keys=[ADMIN_KEY],
+        cors_origins=[ALLOWED_ORIGIN],
+        max_body_bytes=50_000,
     )
     with TestClient(create_app(service)) as client:
         yield client
@@ -56,7 +61,9 @@ def keyed(seed_service, embedder):
 @pytest.fixture(scope="module")
 def open_api(seed_service, embedder):
     """The API without keys, as on loopback by default."""
-    settings = make_settings(seed_service.settings.index.dir, server={"max_body_bytes": 50_000}, verification={"max_check_chars": 300})
+    settings = make_settings(
+        seed_service.settings.index.dir, server={"max_body_bytes": 50_000}, verification={"max_check_chars": 300}
+    )
     service = make_service(settings, embedder)
     with TestClient(create_api(service)) as client:
         yield client
@@ -77,7 +84,9 @@ ROUTES = [
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES)
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-key-at-all-0000000"}, {"Authorization": f"Basic {READ_KEY}"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer not-a-key-at-all-0000000"}, {"Authorization": f"Basic {READ_KEY}"}]
+)
 def test_without_a_valid_key_every_route_is_401(keyed, method, path, body, headers) -> None:
     response = keyed.request(method, path, json=body, headers=headers)
     assert response.status_code == 401, response.text
@@ -116,9 +125,15 @@ def test_a_read_only_key_may_not_change_documents(keyed) -> None:
 
 def test_an_admin_key_reaches_the_document_routes(keyed) -> None:
     # Bad input and unknown ids, so the shared seed index stays as it is.
-    assert keyed.post("/documents", files={"file": ("../x.txt", b"Words.", "text/plain")}, headers=ADMIN).status_code == 400
+    assert (
+        keyed.post("/documents", files={"file": ("../x.txt", b"Words.", "text/plain")}, headers=ADMIN).status_code
+        == 400
+    )
     assert keyed.delete("/documents/nope.txt", headers=ADMIN).status_code == 404
-    assert keyed.post("/gradio_api/upload", files={"files": ("a.txt", b"Words.", "text/plain")}, headers=ADMIN).status_code == 200
+    assert (
+        keyed.post("/gradio_api/upload", files={"files": ("a.txt", b"Words.", "text/plain")}, headers=ADMIN).status_code
+        == 200
+    )
     too_long = "n" * 252 + ".txt"
     response = keyed.post("/documents", files={"file": (too_long, b"Words.", "text/plain")}, headers=ADMIN)
     assert response.status_code == 400 and "too long" in response.json()["detail"]
@@ -152,17 +167,35 @@ def test_requests_from_other_sites_are_refused(keyed) -> None:
     # A form posted by another site's page: refused before any key or body is looked at.
     upload = keyed.post("/documents", files={"file": ("x.txt", b"Planted text.", "text/plain")}, headers=ADMIN | evil)
     assert upload.status_code == 403 and "evil.example" in upload.json()["detail"]
-    assert keyed.post("/gradio_api/upload", files={"files": ("x.txt", b"Planted.", "text/plain")}, headers=ADMIN | evil).status_code == 403
-    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    assert (
+        keyed.post(
+            "/gradio_api/upload", files={"files": ("x.txt", b"Planted.", "text/plain")}, headers=ADMIN | evil
+        ).status_code
+        == 403
+    )
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     assert keyed.options("/search", headers=evil | preflight).status_code == 403
     assert keyed.post("/search", json={"query": "party cells"}, headers=READ | {"Origin": "null"}).status_code == 403
 
 
 def test_the_own_origin_and_listed_origins_are_served(keyed) -> None:
-    assert keyed.post("/search", json={"query": "party cells"}, headers=READ | {"Origin": "http://testserver"}).status_code == 200
+    assert (
+        keyed.post("/search", json={"query": "party cells"}, headers=READ | {"Origin": "http://testserver"}).status_code
+        == 200
+    )
     allowed = keyed.post("/search", json={"query": "party cells"}, headers=READ | {"Origin": ALLOWED_ORIGIN})
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
-    preflight = keyed.options("/search", headers={"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"})
+    preflight = keyed.options(
+        "/search",
+        headers={
+            "Origin": ALLOWED_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert preflight.status_code == 200 and "POST" in preflight.headers["access-control-allow-methods"]
 
 
@@ -204,10 +237,14 @@ def test_bodies_over_the_limit_are_413_by_length_and_by_what_arrives(open_api) -
     big = json.dumps({"query": "cells " * 10_000}).encode()  # 60 kB, limit 50 kB
     declared = open_api.post("/search", content=big, headers={"Content-Type": "application/json"})
     assert declared.status_code == 413 and "server.max_body_bytes" in declared.json()["detail"]
-    streamed = open_api.post("/search", content=iter([big[:30_000], big[30_000:]]), headers={"Content-Type": "application/json"})
+    streamed = open_api.post(
+        "/search", content=iter([big[:30_000], big[30_000:]]), headers={"Content-Type": "application/json"}
+    )
     assert "content-length" not in streamed.request.headers
     assert streamed.status_code == 413 and "server.max_body_bytes" in streamed.json()["detail"]
-    small = open_api.post("/search", content=iter([b'{"query": ', b'"party cells"}']), headers={"Content-Type": "application/json"})
+    small = open_api.post(
+        "/search", content=iter([b'{"query": ', b'"party cells"}']), headers={"Content-Type": "application/json"}
+    )
     assert small.status_code == 200
 
 
@@ -235,7 +272,12 @@ def test_listed_client_models_and_api_base_are_let_through(seed_service, embedde
     with TestClient(create_api(service)) as client:
         unknown = client.post("/ask", json={"question": QUESTION, "model": "nosuchprovider/model"})
         assert unknown.status_code == 400 and "unknown model" in unknown.json()["detail"]  # routed, not refused
-        assert client.post("/ask", json={"question": QUESTION, "model": "extractive", "api_base": "http://127.0.0.1:9/v1"}).status_code == 200
+        assert (
+            client.post(
+                "/ask", json={"question": QUESTION, "model": "extractive", "api_base": "http://127.0.0.1:9/v1"}
+            ).status_code
+            == 200
+        )
 
 
 def test_answers_beyond_the_queue_get_503_with_retry_after(seed_service, embedder, monkeypatch) -> None:
@@ -271,11 +313,16 @@ def test_keys_come_from_settings_the_environment_and_a_key_file(tmp_path, monkey
     monkeypatch.setenv("RAG_SERVER__API_KEYS", f"{READ_KEY}, second-read-key-0000000000")
     monkeypatch.setenv("RAG_SERVER__ADMIN_KEYS", ADMIN_KEY)
     settings = Settings()
-    assert settings.server.api_keys == [READ_KEY, "second-read-key-0000000000"] and settings.server.admin_keys == [ADMIN_KEY]
+    assert settings.server.api_keys == [READ_KEY, "second-read-key-0000000000"] and settings.server.admin_keys == [
+        ADMIN_KEY
+    ]
     key_file = tmp_path / "keys"
     key_file.write_text("# readers\nfile-read-key-00000000000\n\nadmin: file-admin-key-000000000\n")
     keys = load_keys(settings.replace(server={"api_key_file": key_file}).server)
-    roles = {key: keys.key_role(key) for key in (READ_KEY, ADMIN_KEY, "file-read-key-00000000000", "file-admin-key-000000000")}
+    roles = {
+        key: keys.key_role(key)
+        for key in (READ_KEY, ADMIN_KEY, "file-read-key-00000000000", "file-admin-key-000000000")
+    }
     assert [role.name for role in roles.values()] == ["READ", "ADMIN", "READ", "ADMIN"]
     assert keys.key_role("file-read-key-0000000000") is None and keys.key_role("") is None
     with pytest.raises(BadInputError, match="at least 16"):
@@ -289,7 +336,12 @@ def rag(*args: str | bytes, env: dict[str, str] | None = None, stdin: str = "") 
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
     environment.pop("RAG_DEBUG", None)
     return subprocess.run(
-        [sys.executable, "-m", "rag.cli", *args], cwd=ROOT, env=environment, input=stdin.encode(), capture_output=True, timeout=120,
+        [sys.executable, "-m", "rag.cli", *args],
+        cwd=ROOT,
+        env=environment,
+        input=stdin.encode(),
+        capture_output=True,
+        timeout=120,
     )
 
 
@@ -303,8 +355,10 @@ def test_serve_refuses_a_public_address_without_keys_before_binding() -> None:
         assert refused.stderr.decode().strip().splitlines() == [
             "error: refusing to serve 0.0.0.0 without API keys: set server.api_keys or server.admin_keys (see README, Security), or pass --allow-unauthenticated"
         ]
-        for passed in (rag("serve", "--host", "0.0.0.0", "--port", port, "--allow-unauthenticated"),
-                       rag("serve", "--host", "0.0.0.0", "--port", port, env={"RAG_SERVER__ADMIN_KEYS": ADMIN_KEY})):
+        for passed in (
+            rag("serve", "--host", "0.0.0.0", "--port", port, "--allow-unauthenticated"),
+            rag("serve", "--host", "0.0.0.0", "--port", port, env={"RAG_SERVER__ADMIN_KEYS": ADMIN_KEY}),
+        ):
             assert passed.returncode == 2 and "cannot listen on 0.0.0.0" in passed.stderr.decode()
 
 
@@ -324,12 +378,18 @@ def test_cli_arguments_that_are_not_utf8_are_one_line_errors() -> None:
 
 
 def test_check_input_from_stdin_is_capped() -> None:
-    result = rag("check", "-", env={"RAG_VERIFICATION__MAX_CHECK_CHARS": "100"}, stdin=json.dumps({"answer": "cells " * 50}))
+    result = rag(
+        "check", "-", env={"RAG_VERIFICATION__MAX_CHECK_CHARS": "100"}, stdin=json.dumps({"answer": "cells " * 50})
+    )
     assert result.returncode == 2
-    assert result.stderr.decode().strip().splitlines() == ["error: stdin is over 100 characters (verification.max_check_chars)"]
+    assert result.stderr.decode().strip().splitlines() == [
+        "error: stdin is over 100 characters (verification.max_check_chars)"
+    ]
 
 
-@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("localhost", True), ("::1", True), ("0.0.0.0", False), ("::", False)])
+@pytest.mark.parametrize(
+    ("host", "loopback"), [("127.0.0.1", True), ("localhost", True), ("::1", True), ("0.0.0.0", False), ("::", False)]
+)
 def test_loopback_addresses(host, loopback) -> None:
     assert is_loopback(host) is loopback
 

@@ -24,7 +24,9 @@ def check_citations(service, response) -> None:
 
 
 def test_answers_with_a_verified_citation_and_streams(seed_service) -> None:
-    events = list(seed_service.ask_stream("How many commune-level military party cells did Military Region 2 establish?"))
+    events = list(
+        seed_service.ask_stream("How many commune-level military party cells did Military Region 2 establish?")
+    )
     tokens = [e.text for e in events if e.kind == "token"]
     response = events[-1].response
     assert events[0].kind == "passages" and tokens, "the answer should arrive in pieces"

@@ -67,7 +67,9 @@ def test_off_topic_question_abstains(seed_service) -> None:
 
 def test_answer_from_documents_that_never_name_the_questions_subject_is_withheld(seed_service) -> None:
     # Only the Gia Lai article names Gia Lai (in its source URL); the cells figure is Military Region 2's.
-    question = "How many commune-level military party cells did the Gia Lai Provincial Military Party Committee establish?"
+    question = (
+        "How many commune-level military party cells did the Gia Lai Provincial Military Party Committee establish?"
+    )
     response = seed_service.ask(question, model="extractive")
     assert response.abstained and response.citations == []
     assert "never mention Gia Lai" in response.notice and "529" not in response.notice + response.answer
@@ -126,7 +128,9 @@ def test_answer_that_only_repeats_the_question_is_withheld(seed_service, scripte
 def test_a_bare_number_or_name_adds_to_the_question() -> None:
     assert adds_to_question("5 provinces [1].", "How many other provinces were present?")
     assert adds_to_question("Colonel Mai Kim Binh [2].", "Who attended the conference?")
-    assert not adds_to_question("It was held on 2025 - 2030 [1].", "When was the Congress for the 2025 - 2030 term held?")
+    assert not adds_to_question(
+        "It was held on 2025 - 2030 [1].", "When was the Congress for the 2025 - 2030 term held?"
+    )
 
 
 def test_unsupported_answer_is_withheld(seed_service, scripted) -> None:
@@ -141,9 +145,7 @@ def test_unreachable_model_falls_back_to_extractive_with_notice(seed_service) ->
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: connections are refused
-    response = seed_service.ask(
-        CELLS, model="openai/anything", api_base=f"http://127.0.0.1:{port}/v1", timeout_s=5
-    )
+    response = seed_service.ask(CELLS, model="openai/anything", api_base=f"http://127.0.0.1:{port}/v1", timeout_s=5)
     assert response.model == "extractive" and "extractive answer" in response.notice
     assert "529" in response.answer and all(c.supported for c in response.citations)
 
@@ -157,7 +159,9 @@ def test_model_that_hangs_times_out_and_falls_back(seed_service) -> None:
     try:
         response = seed_service.ask(
             CELLS,
-            model="openai/slow", api_base=f"http://127.0.0.1:{server.getsockname()[1]}/v1", timeout_s=1.5,
+            model="openai/slow",
+            api_base=f"http://127.0.0.1:{server.getsockname()[1]}/v1",
+            timeout_s=1.5,
         )
     finally:
         server.close()
@@ -249,7 +253,8 @@ def test_two_sentences_from_two_documents_answer_a_multi_document_question(seed_
     cells = next(n for n, s in enumerate(evidence, start=1) if "529 commune-level" in s.text)
     passages = seed_service.answerer.draft(question, "local/scripted", AskOptions()).passages
     other = next(
-        n for n, s in enumerate(evidence, start=1)
+        n
+        for n, s in enumerate(evidence, start=1)
         if passages[s.passage].doc_id != passages[evidence[cells - 1].passage].doc_id
     )
     scripted_choice({str(cells): 0.5, str(other): 0.45, "0": 0.01})
@@ -268,7 +273,9 @@ def test_a_choice_of_none_declines(seed_service, scripted_choice) -> None:
     assert response.abstained and "found no answer" in response.notice
 
 
-def test_a_provider_without_token_probabilities_chooses_by_the_label_it_writes(seed_service, scripted, monkeypatch) -> None:
+def test_a_provider_without_token_probabilities_chooses_by_the_label_it_writes(
+    seed_service, scripted, monkeypatch
+) -> None:
     [cells] = chosen_labels(seed_service, CELLS, "529 commune-level")
     monkeypatch.setattr(answering, "first_token_probabilities", lambda messages, **kwargs: {})
     scripted(f"[{cells}]")

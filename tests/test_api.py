@@ -94,13 +94,17 @@ def test_ask_stream_sends_passages_then_the_same_answer_as_post_ask(api) -> None
 
 
 def test_ask_abstains_when_the_documents_do_not_hold_the_answer(api) -> None:
-    payload = api.post("/ask", json={"question": "What is the boiling point of liquid nitrogen on Mars?", "model": "extractive"}).json()
+    payload = api.post(
+        "/ask", json={"question": "What is the boiling point of liquid nitrogen on Mars?", "model": "extractive"}
+    ).json()
     assert payload["abstained"] and payload["citations"] == []
 
 
 def test_follow_up_is_rewritten_with_the_conversation(api) -> None:
     history = [{"question": QUESTION, "answer": "529 commune-level military party cells were established [1]."}]
-    payload = api.post("/ask", json={"question": "Which party committee directed that?", "model": "extractive", "history": history}).json()
+    payload = api.post(
+        "/ask", json={"question": "Which party committee directed that?", "model": "extractive", "history": history}
+    ).json()
     assert payload["question"] == "Which party committee directed that?"
     assert payload["rewritten_question"] and "military party cells" in payload["rewritten_question"]
     assert not payload["abstained"] and "Party Committee" in payload["answer"]
@@ -122,7 +126,9 @@ def test_bad_ask_input_is_a_4xx_even_when_streaming(api, body, status, message) 
 
 
 def test_check_verdicts(api) -> None:
-    supported = api.post("/check", json={"claim": "529 commune-level military party cells were established.", "doc_id": DOC}).json()
+    supported = api.post(
+        "/check", json={"claim": "529 commune-level military party cells were established.", "doc_id": DOC}
+    ).json()
     assert supported["sentences"][0]["citations"][0]["supported"] is True
     answer = {
         "answer": "The Party Committee established 529 military party cells [1]. It also won the football cup [1].",
@@ -186,7 +192,11 @@ def test_the_connection_stays_usable_after_refused_requests(api) -> None:
     assert good.status_code == 200
     refused = [
         api.post("/search", content='{"query": "party \\ud800 cells"}', headers={"Content-Type": "application/json"}),
-        api.post("/search", content=b'{"query": "' + b"x" * TEST_BODY_LIMIT + b'"}', headers={"Content-Type": "application/json"}),
+        api.post(
+            "/search",
+            content=b'{"query": "' + b"x" * TEST_BODY_LIMIT + b'"}',
+            headers={"Content-Type": "application/json"},
+        ),
         api.post("/search", content=iter([b'{"query": "', b"x" * TEST_BODY_LIMIT, b'"}'])),
         api.post("/search", content=b"{not json", headers={"Content-Type": "application/json"}),
         api.post("/ask", json={"question": QUESTION, "api_base": "http://127.0.0.1:9/v1"}),

@@ -39,7 +39,9 @@ def dataset(tmp_path: Path) -> Path:
         "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()), encoding="utf-8"
     )
     # dev judges q1 and q2 (plus a grade-0 row, which is not a relevance judgement); test judges q3.
-    (folder / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td4\t1\nq2\td1\t0\n", encoding="utf-8")
+    (folder / "qrels" / "dev.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td4\t1\nq2\td1\t0\n", encoding="utf-8"
+    )
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td3\t1\n", encoding="utf-8")
     return folder
 
@@ -70,7 +72,19 @@ def test_evaluate_modes_on_the_dev_split(dataset: Path, tmp_path: Path, embedder
 @pytest.mark.slow
 def test_cli_eval_beir_split(dataset: Path, tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "rag.cli", "eval", "beir", str(dataset), "--mode", "bm25", "--index-dir", str(tmp_path / "idx"), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "rag.cli",
+        "eval",
+        "beir",
+        str(dataset),
+        "--mode",
+        "bm25",
+        "--index-dir",
+        str(tmp_path / "idx"),
+        "--json",
+    ]
     result = subprocess.run([*command, "--split", "dev"], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)

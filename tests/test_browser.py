@@ -25,7 +25,8 @@ def browser():
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
+            executable_path=str(CHROMIUM),
+            headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
         )
         yield browser
@@ -38,7 +39,10 @@ def new_page(browser):
     page = browser.new_page(viewport={"width": 1400, "height": 950})
     page.set_default_timeout(30_000)
     page.csp_violations = []
-    page.on("console", lambda message: "Content Security Policy" in message.text and page.csp_violations.append(message.text))
+    page.on(
+        "console",
+        lambda message: "Content Security Policy" in message.text and page.csp_violations.append(message.text),
+    )
     return page
 
 
@@ -94,7 +98,9 @@ def test_a_question_the_documents_cannot_answer_shows_not_found(page) -> None:
 
 def test_upload_a_document_then_find_it_by_search(page, live_server, tmp_path) -> None:
     note = tmp_path / "orchard-report.md"
-    note.write_text("# Orchard report\n\nThe Kestrel Valley orchard harvested 4,210 crates of quince in the 2026 season.\n")
+    note.write_text(
+        "# Orchard report\n\nThe Kestrel Valley orchard harvested 4,210 crates of quince in the 2026 season.\n"
+    )
     page.get_by_role("tab", name="Documents").click()
     page.locator("#upload input[type=file]").set_input_files(str(note))
     page.locator("#add-button").click()
@@ -139,7 +145,9 @@ def use_extractive_model(page) -> None:
 
 def test_html_planted_in_a_document_shows_as_text_in_the_answer(page, live_server) -> None:
     planted = "The Quarnby bell foundry cast <img src=x onerror=alert(1)> 312 bronze bells in 1911.\n"
-    added = httpx.post(f"{live_server.url}/documents", files={"file": ("quarnby.txt", planted.encode(), "text/plain")}, timeout=120)
+    added = httpx.post(
+        f"{live_server.url}/documents", files={"file": ("quarnby.txt", planted.encode(), "text/plain")}, timeout=120
+    )
     assert added.status_code == 201, added.text
     alerts: list[str] = []
     page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
@@ -162,7 +170,9 @@ def test_a_pdf_citation_opens_its_rendered_page_with_the_span_outlined(page, liv
     from doc_fixtures import report_pdf
 
     pdf = report_pdf(tmp_path / "field-notes.pdf")
-    added = httpx.post(f"{live_server.url}/documents", files={"file": (pdf.name, pdf.read_bytes(), "application/pdf")}, timeout=300)
+    added = httpx.post(
+        f"{live_server.url}/documents", files={"file": (pdf.name, pdf.read_bytes(), "application/pdf")}, timeout=300
+    )
     assert added.status_code == 201, added.text
     try:
         page.get_by_role("tab", name="Ask").click()
@@ -213,7 +223,9 @@ def log_in(browser, server, key: str):
     return page
 
 
-def test_with_keys_the_interface_needs_a_login_and_only_an_admin_adds_documents(browser, keyed_server, tmp_path) -> None:
+def test_with_keys_the_interface_needs_a_login_and_only_an_admin_adds_documents(
+    browser, keyed_server, tmp_path
+) -> None:
     page = new_page(browser)
     page.goto(keyed_server.url + "/", wait_until="load")
     page.locator("#key").fill("not-a-key-0000000000000000")

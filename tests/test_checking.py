@@ -39,10 +39,14 @@ def test_answer_from_another_system_gets_per_sentence_verdicts(seed_service) -> 
 
 
 def test_claim_without_source_is_checked_against_the_best_evidence(seed_service) -> None:
-    report = seed_service.check(CheckRequest(claim="Military Region 2 established 529 commune-level military party cells"))
+    report = seed_service.check(
+        CheckRequest(claim="Military Region 2 established 529 commune-level military party cells")
+    )
     verdict = report.sentences[0].citations[0]
     assert verdict.supported and verdict.doc_id == DOC and "529" in verdict.text
-    wrong = seed_service.check(CheckRequest(claim="Military Region 2 established 530 commune-level party cells", doc_id=DOC))
+    wrong = seed_service.check(
+        CheckRequest(claim="Military Region 2 established 530 commune-level party cells", doc_id=DOC)
+    )
     assert not wrong.sentences[0].citations[0].supported
 
 
@@ -51,10 +55,15 @@ def test_cli_reads_ask_json_from_stdin(tmp_path, seed_service) -> None:
     payload = json.dumps(response.model_dump())
     result = subprocess.run(
         [sys.executable, "-m", "rag.cli", "check", "-", "--json", "--index-dir", str(seed_service.settings.index.dir)],
-        input=payload, capture_output=True, text=True, timeout=300,
+        input=payload,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["sentences"] and all(v["supported"] for s in report["sentences"] for v in s["citations"])
-    bad = subprocess.run([sys.executable, "-m", "rag.cli", "check", "-"], input="[1, 2]", capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "rag.cli", "check", "-"], input="[1, 2]", capture_output=True, text=True, timeout=300
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error:")

@@ -44,7 +44,10 @@ def signals(p_choice: float, p_none: float) -> Signals:
 
 def test_confidence_rises_with_the_models_certainty_and_the_threshold_decides() -> None:
     model = DecisionModel(
-        features=["log_p_choice", "log_p_none"], coefficients=[1.0, -1.0], intercept=0.0, threshold=0.5,
+        features=["log_p_choice", "log_p_none"],
+        coefficients=[1.0, -1.0],
+        intercept=0.0,
+        threshold=0.5,
     )
     sure, unsure = model.confidence(signals(0.9, 0.05)), model.confidence(signals(0.05, 0.9))
     assert sure > 0.9 > 0.1 > unsure

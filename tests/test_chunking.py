@@ -7,7 +7,9 @@ from rag.ingest.cleaning import clean_document, split_blocks
 from rag.schema import Block, Document
 from rag.text.sentences import sentence_spans
 
-WORDS = st.sampled_from(["alpha", "beta", "Gamma", "délta", "ε", "über", "x1", "U.S.", "e.g.", "3.5", "🙂", "日本", "end."])
+WORDS = st.sampled_from(
+    ["alpha", "beta", "Gamma", "délta", "ε", "über", "x1", "U.S.", "e.g.", "3.5", "🙂", "日本", "end."]
+)
 SEPARATORS = st.sampled_from([" ", " ", " ", ". ", "! ", "? ", "\n", "\n\n", "\r\n", "\t", "  "])
 TEXT = st.lists(st.tuples(WORDS, SEPARATORS), max_size=400).map(lambda parts: "".join(w + s for w, s in parts))
 
@@ -21,7 +23,13 @@ def text_and_blocks(draw):
         span = text[start:end]
         if span.strip():
             lead = len(span) - len(span.lstrip())
-            blocks.append(Block(start=start + lead, end=start + len(span.rstrip()), kind=draw(st.sampled_from(["paragraph", "heading"]))))
+            blocks.append(
+                Block(
+                    start=start + lead,
+                    end=start + len(span.rstrip()),
+                    kind=draw(st.sampled_from(["paragraph", "heading"])),
+                )
+            )
     return text, blocks
 
 
@@ -48,6 +56,7 @@ def test_chunks_are_exact_slices_inside_kept_blocks(data, chunking) -> None:
         gaps = [text[a.end : b.start] for a, b in zip(inside, inside[1:])]
         assert all(not gap.strip() for gap in gaps)
     assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:]))
+
     # Every visible character of the kept blocks is in a chunk, and nothing else is.
     def visible(spans) -> set[int]:
         return {i for s in spans for i in range(s.start, s.end) if not text[i].isspace()}
@@ -82,7 +91,10 @@ def test_heading_and_short_paragraph_join_neighbours_and_long_ones_split() -> No
     text = f"Budget Day\n\nShort note here.\n\n{sentence * 3}\n\n{long_paragraph.strip()}\n"
     blocks = [
         Block(start=0, end=10, kind="heading"),
-        *[Block(start=text.index(p), end=text.index(p) + len(p)) for p in ("Short note here.", (sentence * 3).strip(), long_paragraph.strip())],
+        *[
+            Block(start=text.index(p), end=text.index(p) + len(p))
+            for p in ("Short note here.", (sentence * 3).strip(), long_paragraph.strip())
+        ],
     ]
     chunks = chunk_document("d.txt", text, blocks, ChunkingSettings(target_words=150, max_words=220, min_words=25))
     assert chunks[0].text.startswith("Budget Day\n\nShort note here.\n\nThe council")

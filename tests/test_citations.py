@@ -3,7 +3,9 @@ from hypothesis import strategies as st
 
 from rag.verify.citations import MARKER, parse_answer, strip_markers
 
-WORD = st.sampled_from(["The", "committee", "set", "up", "529", "cells", "in", "Điện", "Biên", "2025", "e.g.", "U.S.", "🙂"])
+WORD = st.sampled_from(
+    ["The", "committee", "set", "up", "529", "cells", "in", "Điện", "Biên", "2025", "e.g.", "U.S.", "🙂"]
+)
 END = st.sampled_from([".", "!", "?", ""])
 MARK = st.lists(st.integers(0, 12), min_size=0, max_size=3).map(lambda ns: "".join(f"[{n}]" for n in ns))
 

@@ -33,10 +33,14 @@ def test_seed_boilerplate_is_dropped_and_content_kept() -> None:
         spans = blocks[document.doc_id]
         assert all(a.end <= b.start for a, b in zip(spans, spans[1:]))
     by_id = {d.doc_id: d for d in report.documents}
-    kept_000 = "\n".join(by_id["000_c1a45aa062b469e9.txt"].text[b.start : b.end] for b in blocks["000_c1a45aa062b469e9.txt"])
+    kept_000 = "\n".join(
+        by_id["000_c1a45aa062b469e9.txt"].text[b.start : b.end] for b in blocks["000_c1a45aa062b469e9.txt"]
+    )
     assert "establishing 529 commune-level military party cells" in kept_000
     # A dense, name-heavy paragraph with few stop words is still content.
-    kept_001 = "\n".join(by_id["001_da832dcbec278d94.txt"].text[b.start : b.end] for b in blocks["001_da832dcbec278d94.txt"])
+    kept_001 = "\n".join(
+        by_id["001_da832dcbec278d94.txt"].text[b.start : b.end] for b in blocks["001_da832dcbec278d94.txt"]
+    )
     assert "Expand defense cooperation and promote effective border defense diplomacy." in kept_001
     assert "Outstanding results include:" in kept_001
 
@@ -44,8 +48,7 @@ def test_seed_boilerplate_is_dropped_and_content_kept() -> None:
 def test_lines_repeated_across_unrelated_documents_are_boilerplate() -> None:
     widget = "Share this story with your friends"
     docs = [
-        doc(f"d{i}.txt", "".join(f"Story {i}, part {j}: {PROSE}\n" for j in range(4)) + f"{widget}\n")
-        for i in range(3)
+        doc(f"d{i}.txt", "".join(f"Story {i}, part {j}: {PROSE}\n" for j in range(4)) + f"{widget}\n") for i in range(3)
     ]
     assert widget.lower() in repeated_lines(docs, CleaningSettings())
     assert widget not in kept_text(docs[0], corpus=docs)

@@ -35,7 +35,9 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def test_search_json_contract(workdir) -> None:
-    result = rag("search", "How many commune-level military party cells were established?", "--k", "3", "--json", cwd=workdir)
+    result = rag(
+        "search", "How many commune-level military party cells were established?", "--k", "3", "--json", cwd=workdir
+    )
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["query"] == "How many commune-level military party cells were established?"
@@ -59,7 +61,9 @@ def test_index_is_incremental_and_docs_lists_counts(workdir) -> None:
 
 
 def test_human_output_and_filters(workdir) -> None:
-    result = rag("search", "border guard", "--mode", "bm25", "--doc", "004_a3b36d9e2d4bee8b.txt", "--k", "2", cwd=workdir)
+    result = rag(
+        "search", "border guard", "--mode", "bm25", "--doc", "004_a3b36d9e2d4bee8b.txt", "--k", "2", cwd=workdir
+    )
     assert result.returncode == 0, result.stderr
     assert "004_a3b36d9e2d4bee8b.txt" in result.stdout and "001_" not in result.stdout
 
@@ -88,7 +92,9 @@ def test_bad_input_exits_2_with_one_line(workdir, args, message) -> None:
 def test_unreadable_files_are_skipped_with_warning(workdir, tmp_path) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()
-    (folder / "ok.txt").write_text("A harbour report: the new breakwater is finished and boats are back.", encoding="utf-8")
+    (folder / "ok.txt").write_text(
+        "A harbour report: the new breakwater is finished and boats are back.", encoding="utf-8"
+    )
     (folder / "blob.txt").write_bytes(b"\x00\x01\x02binary")
     result = rag("index", str(folder), "--index-dir", str(tmp_path / "idx"), cwd=workdir)
     assert result.returncode == 0, result.stderr
@@ -102,7 +108,9 @@ def test_remove_deletes_the_corpus_file_so_the_next_index_does_not_bring_it_back
     assert rag("remove", "000_c1a45aa062b469e9.txt", cwd=tmp_path).returncode == 0
     assert not (tmp_path / "seeds" / "000_c1a45aa062b469e9.txt").exists()
     assert "is up to date: 4 documents" in rag("index", cwd=tmp_path).stdout
-    payload = json.loads(rag("search", "529 commune-level military party cells", "--k", "50", "--json", cwd=tmp_path).stdout)
+    payload = json.loads(
+        rag("search", "529 commune-level military party cells", "--k", "50", "--json", cwd=tmp_path).stdout
+    )
     assert all(h["doc_id"] != "000_c1a45aa062b469e9.txt" for h in payload["results"])
 
 
@@ -115,7 +123,14 @@ def check_answer_contract(payload: dict, texts: dict[str, str]) -> None:
 
 
 def test_ask_json_contract(workdir) -> None:
-    result = rag("ask", "How many commune-level military party cells were established?", "--model", "extractive", "--json", cwd=workdir)
+    result = rag(
+        "ask",
+        "How many commune-level military party cells were established?",
+        "--model",
+        "extractive",
+        "--json",
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     texts = {p.name: p.read_text(encoding="utf-8") for p in (workdir / "seeds").iterdir()}
@@ -142,7 +157,13 @@ def test_ask_batch_file_prints_one_object_per_line(workdir, tmp_path) -> None:
 
 
 def test_ask_streams_and_prints_checked_spans(workdir) -> None:
-    result = rag("ask", "How many personnel and vehicles were deployed for disaster relief?", "--model", "extractive", cwd=workdir)
+    result = rag(
+        "ask",
+        "How many personnel and vehicles were deployed for disaster relief?",
+        "--model",
+        "extractive",
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr
     assert "✓ supported" in result.stdout and "22,700" in result.stdout
 
@@ -169,7 +190,9 @@ def test_serve_refuses_a_busy_port_or_missing_corpus_with_one_line(tmp_path) -> 
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = str(busy.getsockname()[1])
-        result = rag("serve", "--port", port, "--corpus", str(SEEDS), "--index-dir", str(tmp_path / "index"), cwd=tmp_path)
+        result = rag(
+            "serve", "--port", port, "--corpus", str(SEEDS), "--index-dir", str(tmp_path / "index"), cwd=tmp_path
+        )
     assert result.returncode == 2
     assert result.stderr.startswith("error: cannot listen on 127.0.0.1:") and "Traceback" not in result.stderr
     assert not (tmp_path / "index").exists()
@@ -181,7 +204,11 @@ def test_serve_refuses_a_busy_port_or_missing_corpus_with_one_line(tmp_path) -> 
     ("toml", "env", "message"),
     [
         ("[retrieval]\nk = \n", {}, "rag.toml is not valid TOML: Invalid value (at line 2, column 5)"),
-        ("", {"RAG_RETRIEVAL__K": "abc"}, "setting retrieval.k (from RAG_RETRIEVAL__K): Input should be a valid integer"),
+        (
+            "",
+            {"RAG_RETRIEVAL__K": "abc"},
+            "setting retrieval.k (from RAG_RETRIEVAL__K): Input should be a valid integer",
+        ),
         ("[retrieval]\nk = 0\n", {}, "setting retrieval.k (from rag.toml): Input should be greater than or equal to 1"),
         ("[retreival]\nk = 3\n", {}, "unknown setting retreival (from rag.toml)"),
         ("[server]\nport = 99999\n", {"RAG_CONFIG": "other.toml"}, "setting server.port (from other.toml)"),
@@ -200,9 +227,14 @@ def test_bad_settings_exit_2_with_one_line_naming_them(tmp_path, toml, env, mess
 def test_index_dir_that_is_a_file_and_unrelated_rag_variables(tmp_path) -> None:
     (tmp_path / "notes.txt").write_text("not an index", encoding="utf-8")
     result = rag("search", "border", "--index-dir", "notes.txt", cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.strip() == "error: --index-dir notes.txt is a file, not an index folder"
+    assert (
+        result.returncode == 2
+        and result.stderr.strip() == "error: --index-dir notes.txt is a file, not an index folder"
+    )
     # RAG_* variables that are no setting belong to someone else: ignored.
-    result = rag("search", "border", "--index-dir", "none", cwd=tmp_path, env={"RAG_UNRELATED": "1", "RAG_CONFIG_X": "y"})
+    result = rag(
+        "search", "border", "--index-dir", "none", cwd=tmp_path, env={"RAG_UNRELATED": "1", "RAG_CONFIG_X": "y"}
+    )
     assert result.returncode == 2 and "run `rag index` first" in result.stderr
 
 
@@ -210,16 +242,25 @@ def test_index_prints_progress_lines_when_stderr_is_not_a_terminal(tmp_path) -> 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for number in range(60):
-        paragraphs = (f"Record {number}-{part} notes harbour {number * 10 + part} boats, nets and a lighthouse."
-                      for part in range(10))
+        paragraphs = (
+            f"Record {number}-{part} notes harbour {number * 10 + part} boats, nets and a lighthouse."
+            for part in range(10)
+        )
         (corpus / f"doc{number:02}.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
     env = {
-        "RAG_INDEX__PROGRESS_EVERY_S": "0", "RAG_CLEANING__ENABLED": "false",
-        "RAG_CHUNKING__TARGET_WORDS": "10", "RAG_CHUNKING__MAX_WORDS": "20", "RAG_CHUNKING__MIN_WORDS": "0",
+        "RAG_INDEX__PROGRESS_EVERY_S": "0",
+        "RAG_CLEANING__ENABLED": "false",
+        "RAG_CHUNKING__TARGET_WORDS": "10",
+        "RAG_CHUNKING__MAX_WORDS": "20",
+        "RAG_CHUNKING__MIN_WORDS": "0",
     }
     result = rag("index", str(corpus), "--index-dir", str(tmp_path / "index"), "--json", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     embedded = json.loads(result.stdout)["embedded"]
     assert embedded == 600
     # One line per slice of embedded passages (rag/embedding.py PROGRESS_SLICE = 512).
-    assert result.stderr.splitlines() == ["embedded 0/600 passages", "embedded 512/600 passages", "embedded 600/600 passages"]
+    assert result.stderr.splitlines() == [
+        "embedded 0/600 passages",
+        "embedded 512/600 passages",
+        "embedded 600/600 passages",
+    ]

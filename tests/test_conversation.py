@@ -6,7 +6,9 @@ from rag.answer.conversation import needs_context, standalone_question
 from rag.config import Settings
 from rag.requests import Turn
 
-HISTORY = [Turn(question="How many commune-level military party cells were established?", answer="529 were established [1].")]
+HISTORY = [
+    Turn(question="How many commune-level military party cells were established?", answer="529 were established [1].")
+]
 
 
 @pytest.mark.parametrize(
@@ -39,5 +41,7 @@ def test_without_an_llm_the_previous_question_gives_the_missing_referent() -> No
 def test_a_failing_model_falls_back_instead_of_failing_the_question() -> None:
     settings = Settings().replace(answer={"timeout_s": 2})
     # Nothing listens on this port: the call fails fast and the question is still answerable.
-    rewritten = standalone_question("Who directed that?", HISTORY, "openai/any", settings, api_base="http://127.0.0.1:9/v1")
+    rewritten = standalone_question(
+        "Who directed that?", HISTORY, "openai/any", settings, api_base="http://127.0.0.1:9/v1"
+    )
     assert rewritten == f"{HISTORY[0].question} Who directed that?"

@@ -13,7 +13,9 @@ BASE = (
 
 
 def chunk(doc_id: str, start: int, text: str) -> Chunk:
-    return Chunk(chunk_id=f"{doc_id}:{start}-{start + len(text)}", doc_id=doc_id, start=start, end=start + len(text), text=text)
+    return Chunk(
+        chunk_id=f"{doc_id}:{start}-{start + len(text)}", doc_id=doc_id, start=start, end=start + len(text), text=text
+    )
 
 
 def test_near_duplicates_fold_into_the_first_copy_and_record_locations() -> None:
@@ -49,7 +51,9 @@ def variant_service(tmp_path_factory, embedder):
     shutil.copytree(SEEDS, root / "corpus")
     original = (SEEDS / "001_da832dcbec278d94.txt").read_text(encoding="utf-8")
     assert original.count("800 vehicles") == 1
-    (root / "corpus" / "005_variant.txt").write_text(original.replace("800 vehicles", "800 zeppelins"), encoding="utf-8")
+    (root / "corpus" / "005_variant.txt").write_text(
+        original.replace("800 vehicles", "800 zeppelins"), encoding="utf-8"
+    )
     service = make_service(make_settings(root / "index", root / "corpus"), embedder)
     service.update(paths=[root / "corpus"])
     return service

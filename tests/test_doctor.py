@@ -34,7 +34,9 @@ def test_package_files_are_checked_against_their_record(tmp_path, monkeypatch) -
     (site / "fakemodel" / "weights.bin").write_bytes(bytes(range(1, 201)))  # same size, other bytes
     problems = package_problems("fakemodel")
     assert len(problems) == 1 and "weights.bin" in problems[0] and "--force-reinstall fakemodel" in problems[0]
-    assert package_problems("no-such-package-here") == ["package 'no-such-package-here' is not installed: pip install no-such-package-here"]
+    assert package_problems("no-such-package-here") == [
+        "package 'no-such-package-here' is not installed: pip install no-such-package-here"
+    ]
 
 
 def settings_with(**local_llm) -> Settings:

@@ -62,11 +62,14 @@ def table_entails(supported: set[tuple[str, tuple[str, ...]]]):
 
 
 def test_alce_citation_scores_follow_alce_definitions() -> None:
-    entails = table_entails({
-        ("s1", ("A",)),
-        ("s2", ("B", "C")),  # only jointly: both are needed
-        ("s3", ("D",)), ("s3", ("D", "E")),  # D alone suffices; E is neither alone nor needed
-    })
+    entails = table_entails(
+        {
+            ("s1", ("A",)),
+            ("s2", ("B", "C")),  # only jointly: both are needed
+            ("s3", ("D",)),
+            ("s3", ("D", "E")),  # D alone suffices; E is neither alone nor needed
+        }
+    )
     assert alce_citation_scores([("s1", ("A",))], entails) == (1.0, 1.0)
     assert alce_citation_scores([("s2", ("B", "C"))], entails) == (1.0, 1.0)
     assert alce_citation_scores([("s3", ("D", "E"))], entails) == (1.0, 0.5)
@@ -105,10 +108,21 @@ def test_verifier_as_alce_judge(embedder) -> None:
 
 def row(answerable: bool, abstained: bool, **values) -> dict:
     base = {
-        "answerable": answerable, "abstained": abstained, "correct": abstained if not answerable else False,
-        "token_f1": 0.0, "token_recall": 0.0, "quote_cited": None, "claims": 0, "supported_claims": 0,
-        "citations": 0, "supporting_citations": 0, "invalid_offsets": 0, "citation_recall": None,
-        "citation_precision": None, "first_token_ms": None, "total_ms": 100.0,
+        "answerable": answerable,
+        "abstained": abstained,
+        "correct": abstained if not answerable else False,
+        "token_f1": 0.0,
+        "token_recall": 0.0,
+        "quote_cited": None,
+        "claims": 0,
+        "supported_claims": 0,
+        "citations": 0,
+        "supporting_citations": 0,
+        "invalid_offsets": 0,
+        "citation_recall": None,
+        "citation_precision": None,
+        "first_token_ms": None,
+        "total_ms": 100.0,
     }
     return base | values
 
@@ -180,11 +194,16 @@ def test_raw_citations_are_scored_before_the_verifier_repairs_them(seed_service,
     passages = seed_service.answerer.draft(question, "openai/scripted", AskOptions()).passages
     wrong = next(i for i, p in enumerate(passages, start=1) if "529" not in p.text)
     monkeypatch.setattr(
-        answering, "stream_completion",
-        lambda messages, **kwargs: iter([f"The Party Committee established 529 commune-level military party cells [{wrong}]."]),
+        answering,
+        "stream_completion",
+        lambda messages, **kwargs: iter(
+            [f"The Party Committee established 529 commune-level military party cells [{wrong}]."]
+        ),
     )
     quote = "establishing 529 commune-level military party cells strictly and in accordance with principles."
-    q = EvalQuestion(id="q", question=question, answers=["529"], quotes=[{"doc_id": "000_c1a45aa062b469e9.txt", "quote": quote}])
+    q = EvalQuestion(
+        id="q", question=question, answers=["529"], quotes=[{"doc_id": "000_c1a45aa062b469e9.txt", "quote": quote}]
+    )
     [row] = evaluate_questions(seed_service, [q], AskOptions(model="openai/scripted"))["per_question"]
     assert row["correct"] and row["citation_recall"] == 1.0
     assert row["raw_citation_recall"] == 0.0 and row["raw_citation_precision"] == 0.0

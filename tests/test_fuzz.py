@@ -27,7 +27,9 @@ def api_schema(seed_service, embedder, tmp_path_factory):
     work = tmp_path_factory.mktemp("fuzz")
     shutil.copytree(seed_service.settings.index.dir, work / "index", symlinks=True)
     shutil.copytree(SEEDS, work / "corpus")
-    service = make_service(make_settings(work / "index", corpus_dir=work / "corpus", answer={"model": "extractive"}), embedder)
+    service = make_service(
+        make_settings(work / "index", corpus_dir=work / "corpus", answer={"model": "extractive"}), embedder
+    )
     return schemathesis.openapi.from_asgi("/openapi.json", create_api(service))
 
 

@@ -34,8 +34,17 @@ NEW_DOC = (
 )
 
 # One file of each kind a generation holds: in its first segment, and the manifest.
-FILES = ["dense.faiss", "vectors.npy", "chunks.jsonl", "documents.jsonl", "embedding_keys.json",
-         "bm25/tf.npy", "bm25/vocab.json", "bm25/lengths.npy", MANIFEST]
+FILES = [
+    "dense.faiss",
+    "vectors.npy",
+    "chunks.jsonl",
+    "documents.jsonl",
+    "embedding_keys.json",
+    "bm25/tf.npy",
+    "bm25/vocab.json",
+    "bm25/lengths.npy",
+    MANIFEST,
+]
 
 
 def segment(generation: Path) -> Path:
@@ -130,7 +139,9 @@ def test_damaged_content_is_noticed_even_with_matching_checksums(index_dir, case
     damage(generation)
     if signed:
         resign(generation)
-    with pytest.raises(IndexDamagedError, match=reason if signed else "does not match its checksum|bytes, the build wrote"):
+    with pytest.raises(
+        IndexDamagedError, match=reason if signed else "does not match its checksum|bytes, the build wrote"
+    ):
         read_index(index_dir)
 
 
@@ -138,7 +149,9 @@ def test_damaged_content_is_noticed_even_with_matching_checksums(index_dir, case
 def test_a_faiss_file_from_another_index_is_noticed(index_dir, foreign, signed) -> None:
     generation = current_generation(index_dir)
     shutil.copy(segment(foreign) / "dense.faiss", segment(generation) / "dense.faiss")
-    assert faiss.read_index(str(segment(generation) / "dense.faiss")).ntotal > 0  # a valid FAISS file, just not this one
+    assert (
+        faiss.read_index(str(segment(generation) / "dense.faiss")).ntotal > 0
+    )  # a valid FAISS file, just not this one
     if signed:
         resign(generation)
     with pytest.raises(IndexDamagedError, match="row counts differ" if signed else "dense.faiss"):
@@ -155,7 +168,9 @@ def test_a_sound_index_passes_every_check(index_dir) -> None:
 def test_search_on_a_damaged_index_is_one_clear_error(index_dir, embedder) -> None:
     scramble(segment(current_generation(index_dir)) / "dense.faiss")
     service = make_service(make_settings(index_dir), embedder)
-    with pytest.raises(IndexDamagedError, match=r"is damaged \(seg-[^/]+/dense.faiss does not match its checksum\); run `rag index`"):
+    with pytest.raises(
+        IndexDamagedError, match=r"is damaged \(seg-[^/]+/dense.faiss does not match its checksum\); run `rag index`"
+    ):
         service.search("border guard")
 
 
@@ -169,7 +184,12 @@ def test_the_api_answers_a_damaged_index_with_a_one_line_json_error(index_dir, e
     response = client.post("/search", json={"query": "border guard"})
     assert response.status_code == 500
     detail = response.json()["detail"]
-    assert "is damaged (seg-" in detail and "/chunks.jsonl" in detail and detail.endswith("run `rag index`") and "\n" not in detail
+    assert (
+        "is damaged (seg-" in detail
+        and "/chunks.jsonl" in detail
+        and detail.endswith("run `rag index`")
+        and "\n" not in detail
+    )
 
 
 def test_index_recovers_from_the_previous_generation_reusing_its_vectors(built, index_dir, embedder) -> None:
@@ -216,11 +236,14 @@ def test_an_emptied_index_is_sound(tmp_path, embedder) -> None:
 
 # --------------------------------------------------------------------------- the real command
 
+
 def rag(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     # The extractive answerer: `rag doctor` then has no 1.1 GB model to hash (tested on fake parts).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "100", "RAG_ANSWER__MODEL": "extractive"}
     env.pop("RAG_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "rag.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rag.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_search_fails_index_recovers_doctor_reports(built, index_dir, tmp_path) -> None:

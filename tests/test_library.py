@@ -137,7 +137,11 @@ def test_precedence_is_flag_then_environment_then_toml_then_default(tmp_path, mo
         ("[retreival]\nk = 3\n", {}, "unknown setting retreival (from "),
         ("[retrieval]\nkk = 3\n", {}, "unknown setting retrieval.kk (from "),
         ("", {"RAG_RETRIEVAL__KX": "3"}, "unknown setting retrieval.kx (from RAG_RETRIEVAL__KX)"),
-        ("", {"RAG_RETRIEVAL__K": "many"}, "setting retrieval.k (from RAG_RETRIEVAL__K): Input should be a valid integer"),
+        (
+            "",
+            {"RAG_RETRIEVAL__K": "many"},
+            "setting retrieval.k (from RAG_RETRIEVAL__K): Input should be a valid integer",
+        ),
     ],
 )
 def test_a_misspelt_or_bad_setting_fails_naming_it(tmp_path, monkeypatch, toml, env, message) -> None:
@@ -177,8 +181,12 @@ def test_requests_resolve_against_the_settings_in_the_stage(tmp_path) -> None:
 def cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     environment = {name: value for name, value in os.environ.items() if name != "RAG_CONFIG"}
     return subprocess.run(
-        [sys.executable, "-m", "rag.cli", *args], cwd=cwd, env={**environment, "COLUMNS": "200", **env},
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "rag.cli", *args],
+        cwd=cwd,
+        env={**environment, "COLUMNS": "200", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -205,14 +213,20 @@ def test_the_cli_honours_toml_then_environment_then_flags(tmp_path) -> None:
 def readme_example() -> str:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Use it from Python") :]
-    return section[section.index("```python\n") + len("```python\n") : section.index("```\n", section.index("```python"))]
+    return section[
+        section.index("```python\n") + len("```python\n") : section.index("```\n", section.index("```python"))
+    ]
 
 
 @pytest.mark.slow
 def test_the_readme_python_example_runs(tmp_path) -> None:
     (tmp_path / "seeds").symlink_to(SEEDS)
     result = subprocess.run(
-        [sys.executable, "-c", readme_example()], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", readme_example()],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**{n: v for n, v in os.environ.items() if n != "RAG_CONFIG"}, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -18,7 +18,8 @@ def test_loads_text_markdown_and_html_with_relative_ids(tmp_path: Path) -> None:
     write(
         tmp_path / "c.html",
         "<html><head><title>Page Title</title></head><body><nav>Home | About</nav>"
-        "<article><h1>Page Title</h1><p>" + "The river floods every spring and the town prepares sandbags. " * 6
+        "<article><h1>Page Title</h1><p>"
+        + "The river floods every spring and the town prepares sandbags. " * 6
         + "</p></article></body></html>",
     )
     report, roots = load_paths([tmp_path], LIMIT)

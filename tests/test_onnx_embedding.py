@@ -79,7 +79,9 @@ def _garble_record(target: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", [_truncate_model, _drop_record, _garble_record])
-def test_a_damaged_or_partial_export_is_exported_again(int8_embedder, cache_dir, model_dir, tmp_path, monkeypatch, damage) -> None:
+def test_a_damaged_or_partial_export_is_exported_again(
+    int8_embedder, cache_dir, model_dir, tmp_path, monkeypatch, damage
+) -> None:
     good = export_dir(model_dir, cache_dir)
     own_cache = tmp_path / "cache"
     target = export_dir(model_dir, own_cache)

@@ -10,16 +10,36 @@ END = TEXT.index(" Outro")
 
 
 def response(abstained: bool = False) -> AnswerResponse:
-    hit = SearchHit(rank=1, score=1.0, chunk_id="d.txt:0-45", doc_id="d.txt", start=0, end=len(TEXT), text=TEXT, title="T <i>")
+    hit = SearchHit(
+        rank=1, score=1.0, chunk_id="d.txt:0-45", doc_id="d.txt", start=0, end=len(TEXT), text=TEXT, title="T <i>"
+    )
     citation = Citation(
-        id=1, passage=1, sentence=0, chunk_id=hit.chunk_id, doc_id="d.txt", start=START, end=END, text=TEXT[START:END],
-        chunk_start=0, chunk_end=len(TEXT), title=hit.title, supported=True, score=0.9,
+        id=1,
+        passage=1,
+        sentence=0,
+        chunk_id=hit.chunk_id,
+        doc_id="d.txt",
+        start=START,
+        end=END,
+        text=TEXT[START:END],
+        chunk_start=0,
+        chunk_end=len(TEXT),
+        title=hit.title,
+        supported=True,
+        score=0.9,
     )
     return AnswerResponse(
-        question="How many bells?", answer="The plant made 42 bells [1]. It is old.", abstained=abstained, model="m",
-        citations=[] if abstained else [citation], passages=[hit], notice="No passage answers." if abstained else None,
-        sentences=[AnswerSentence(text="The plant made 42 bells [1].", start=0, end=28, citations=[1], status="supported"),
-                   AnswerSentence(text="It is old.", start=29, end=39, citations=[], status="uncited")],
+        question="How many bells?",
+        answer="The plant made 42 bells [1]. It is old.",
+        abstained=abstained,
+        model="m",
+        citations=[] if abstained else [citation],
+        passages=[hit],
+        notice="No passage answers." if abstained else None,
+        sentences=[
+            AnswerSentence(text="The plant made 42 bells [1].", start=0, end=28, citations=[1], status="supported"),
+            AnswerSentence(text="It is old.", start=29, end=39, citations=[], status="uncited"),
+        ],
     )
 
 

@@ -26,7 +26,10 @@ def test_rrf_rewards_agreement_between_rankings() -> None:
 def test_each_mode_finds_the_right_document(seed_service, mode) -> None:
     for question, doc_id in QUESTIONS.items():
         hits = seed_service.search(question, k=3, mode=mode).results
-        assert doc_id in [h.doc_id for h in hits[:3]] or any(doc_id in [a.doc_id for a in h.also_in] for h in hits), (mode, question)
+        assert doc_id in [h.doc_id for h in hits[:3]] or any(doc_id in [a.doc_id for a in h.also_in] for h in hits), (
+            mode,
+            question,
+        )
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "dense", "bm25"])

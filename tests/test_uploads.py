@@ -38,7 +38,9 @@ def test_add_and_delete_documents(corpus: Path, tmp_path: Path, embedder) -> Non
     report = service.add_document("kiln.txt", b"The Ostrava kiln fires porcelain at 1,280 degrees Celsius.\n")
     assert report.added == ["kiln.txt"] and (corpus / "kiln.txt").exists()
     assert service.search("porcelain kiln temperature", k=1).results[0].doc_id == "kiln.txt"
-    assert service.add_document("kiln.txt", b"The Ostrava kiln fires porcelain at 1,300 degrees Celsius.\n").updated == ["kiln.txt"]
+    assert service.add_document(
+        "kiln.txt", b"The Ostrava kiln fires porcelain at 1,300 degrees Celsius.\n"
+    ).updated == ["kiln.txt"]
     assert "1,300" in service.document("kiln.txt").text
 
     with pytest.raises(PayloadTooLargeError):

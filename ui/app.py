@@ -37,7 +37,8 @@ MODES = [("Hybrid (meaning + keywords)", "hybrid"), ("Meaning only (dense)", "de
 def theme() -> gr.themes.Base:
     # System fonts only: the service runs offline, so nothing may be fetched from a font CDN.
     return gr.themes.Soft(
-        primary_hue="indigo", neutral_hue="slate",
+        primary_hue="indigo",
+        neutral_hue="slate",
         font=["Inter", "system-ui", "-apple-system", "Segoe UI", "sans-serif"],
         font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
     )
@@ -63,27 +64,56 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
                 with gr.Row(equal_height=False, elem_classes="ask-row"):
                     with gr.Column(scale=3, min_width=340):
                         chat = gr.Chatbot(
-                            show_label=False, elem_id="chat", height="62vh", layout="panel",
+                            show_label=False,
+                            elem_id="chat",
+                            height="62vh",
+                            layout="panel",
                             placeholder="Ask a question about your documents. Answers stream in with numbered citations; click one to see its source.",
-                            buttons=["copy"], feedback_options=None,
+                            buttons=["copy"],
+                            feedback_options=None,
                         )
                         with gr.Row(elem_classes="ask-bar"):
                             question = gr.Textbox(
-                                show_label=False, placeholder="Ask a question…", elem_id="question", scale=6,
-                                max_lines=4, autofocus=True, submit_btn=False,
+                                show_label=False,
+                                placeholder="Ask a question…",
+                                elem_id="question",
+                                scale=6,
+                                max_lines=4,
+                                autofocus=True,
+                                submit_btn=False,
                             )
                             ask = gr.Button("Ask", variant="primary", elem_id="ask-button", scale=1, min_width=80)
                         new_chat = gr.Button("New conversation", size="sm", variant="secondary")
                         with gr.Accordion("Settings", open=False, elem_id="settings"):
-                            k = gr.Slider(1, 30, value=settings.evidence.passages, step=1, label="Passages searched for evidence", elem_id="k")
+                            k = gr.Slider(
+                                1,
+                                30,
+                                value=settings.evidence.passages,
+                                step=1,
+                                label="Passages searched for evidence",
+                                elem_id="k",
+                            )
                             mode = gr.Radio(MODES, value=settings.retrieval.mode, label="Search mode", elem_id="mode")
                             doc_filter = gr.Dropdown(
-                                choices=_doc_ids(service), multiselect=True, value=[], label="Only these documents", elem_id="doc-filter",
+                                choices=_doc_ids(service),
+                                multiselect=True,
+                                value=[],
+                                label="Only these documents",
+                                elem_id="doc-filter",
                                 info="Empty: all documents.",
                             )
                             model = gr.Dropdown(
-                                choices=[m for m in dict.fromkeys([default_model, EXTRACTIVE, *settings.server.allow_client_models]) if m != "*"],
-                                value=default_model, allow_custom_value=True, label="Model", elem_id="model",
+                                choices=[
+                                    m
+                                    for m in dict.fromkeys(
+                                        [default_model, EXTRACTIVE, *settings.server.allow_client_models]
+                                    )
+                                    if m != "*"
+                                ],
+                                value=default_model,
+                                allow_custom_value=True,
+                                label="Model",
+                                elem_id="model",
                                 info="The embedded model needs no key; `extractive` quotes the passages without an LLM; other litellm model strings (e.g. openai/gpt-4o-mini) where the server allows them (server.allow_client_models).",
                             )
                     with gr.Column(scale=2, min_width=320):
@@ -93,8 +123,12 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
 
             with gr.Tab("Search", id="search"):
                 with gr.Row(elem_classes="ask-bar"):
-                    search_query = gr.Textbox(show_label=False, placeholder="Search the passages…", elem_id="search-query", scale=6)
-                    search_button = gr.Button("Search", variant="primary", elem_id="search-button", scale=1, min_width=80)
+                    search_query = gr.Textbox(
+                        show_label=False, placeholder="Search the passages…", elem_id="search-query", scale=6
+                    )
+                    search_button = gr.Button(
+                        "Search", variant="primary", elem_id="search-button", scale=1, min_width=80
+                    )
                 with gr.Row():
                     search_k = gr.Slider(1, 50, value=settings.retrieval.k, step=1, label="Passages")
                     search_mode = gr.Radio(MODES, value=settings.retrieval.mode, label="Search mode", elem_id="mode")
@@ -102,24 +136,36 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
 
             with gr.Tab("Documents", id="documents"):
                 documents = gr.Dataframe(
-                    value=_documents_table(service), headers=["Document", "Title", "Passages", "Duplicate passages", "Characters"],
-                    interactive=False, wrap=True, elem_id="documents-table",
+                    value=_documents_table(service),
+                    headers=["Document", "Title", "Passages", "Duplicate passages", "Characters"],
+                    interactive=False,
+                    wrap=True,
+                    elem_id="documents-table",
                 )
                 with gr.Row(equal_height=False):
                     with gr.Column():
                         upload = gr.File(
-                            label=f"Add documents ({SUPPORTED_LIST})", file_count="multiple",
-                            file_types=sorted(s for s in SUPPORTED_SUFFIXES if s), elem_id="upload",
+                            label=f"Add documents ({SUPPORTED_LIST})",
+                            file_count="multiple",
+                            file_types=sorted(s for s in SUPPORTED_SUFFIXES if s),
+                            elem_id="upload",
                         )
                         add = gr.Button("Add to index", variant="primary", elem_id="add-button")
                     with gr.Column():
-                        to_remove = gr.Dropdown(choices=_doc_ids(service), value=None, label="Remove a document", elem_id="remove-choice")
+                        to_remove = gr.Dropdown(
+                            choices=_doc_ids(service), value=None, label="Remove a document", elem_id="remove-choice"
+                        )
                         remove = gr.Button("Remove from index", variant="stop", elem_id="remove-button")
                 documents_status = gr.Markdown(elem_id="documents-status")
 
         def answer(
-            text: str, messages: list[dict], turns: list[AnswerResponse], k_value: float, mode_value: str,
-            doc_ids: list[str], model_value: str,
+            text: str,
+            messages: list[dict],
+            turns: list[AnswerResponse],
+            k_value: float,
+            mode_value: str,
+            doc_ids: list[str],
+            model_value: str,
         ) -> Iterator[tuple[Any, ...]]:
             text = (text or "").strip()
             if not text:
@@ -128,7 +174,11 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
             messages = [*messages, {"role": "user", "content": text}, {"role": "assistant", "content": "…"}]
             yield messages, turns, gr.skip(), ""
             request = AskRequest(
-                question=text, k=int(k_value), mode=mode_value, doc_ids=doc_ids or None, model=(model_value or "").strip() or None,
+                question=text,
+                k=int(k_value),
+                mode=mode_value,
+                doc_ids=doc_ids or None,
+                model=(model_value or "").strip() or None,
                 history=[Turn(question=t.question, answer=t.answer) for t in turns if not t.abstained],
             )
             written = ""
@@ -152,7 +202,13 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
         answer_inputs = [question, chat, answers, k, mode, doc_filter, model]
         answer_outputs = [chat, answers, sources, question]
         for trigger in (ask.click, question.submit):
-            trigger(answer, answer_inputs, answer_outputs, concurrency_limit=settings.server.ui_answer_concurrency, concurrency_id="answer")
+            trigger(
+                answer,
+                answer_inputs,
+                answer_outputs,
+                concurrency_limit=settings.server.ui_answer_concurrency,
+                concurrency_id="answer",
+            )
         new_chat.click(lambda: ([], [], sources_html([])), None, [chat, answers, sources], queue=False)
 
         def search(text: str, k_value: float, mode_value: str) -> str:
@@ -162,13 +218,22 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
                 return f'<div class="error">⚠️ {html.escape(str(exc))}</div>'
 
         for trigger in (search_button.click, search_query.submit):
-            trigger(search, [search_query, search_k, search_mode], search_results, concurrency_limit=8, concurrency_id="search")
+            trigger(
+                search,
+                [search_query, search_k, search_mode],
+                search_results,
+                concurrency_limit=8,
+                concurrency_id="search",
+            )
 
         def document_views(message: str) -> tuple[Any, ...]:
             ids = _doc_ids(service)
             return (
-                _documents_table(service), gr.update(choices=ids, value=None), gr.update(choices=ids),
-                message, None,
+                _documents_table(service),
+                gr.update(choices=ids, value=None),
+                gr.update(choices=ids),
+                message,
+                None,
             )
 
         def add_files(files: list[str] | None, request: gr.Request) -> tuple[Any, ...]:
@@ -182,7 +247,9 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
                 try:
                     report = service.add_document(name, Path(file).read_bytes())
                     state = "added" if report.added else "updated" if report.updated else "unchanged"
-                    lines.append(f"✓ **{markdown_text(name)}** {state} ({report.documents} documents, {report.chunks} passages in the index)")
+                    lines.append(
+                        f"✓ **{markdown_text(name)}** {state} ({report.documents} documents, {report.chunks} passages in the index)"
+                    )
                 except RagError as exc:
                     lines.append(f"⚠️ **{markdown_text(name)}**: {markdown_text(str(exc))}")
             return document_views("\n\n".join(lines))
@@ -202,7 +269,11 @@ def build_interface(service: RagService, keys: Keys, queue: AnswerQueue) -> gr.B
         add.click(add_files, upload, views, concurrency_id="index", concurrency_limit=1)
         # Removing deletes the file from the corpus folder: ask first, in the browser.
         remove.click(
-            remove_document, to_remove, views, concurrency_id="index", concurrency_limit=1,
+            remove_document,
+            to_remove,
+            views,
+            concurrency_id="index",
+            concurrency_limit=1,
             js="(doc) => doc && confirm(`Remove ${doc} from the index and delete its file from the corpus folder?`) ? doc : null",
         )
     return interface

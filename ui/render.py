@@ -14,7 +14,11 @@ from rag.verify.citations import MARKER
 # Width in pixels the document page asks PDF pages to be rendered at (sharp at twice its column).
 PAGE_WIDTH_PX = 1400
 
-VERDICT = {True: ("supported", "✓ Supported"), False: ("unsupported", "✗ Not supported"), None: ("unchecked", "Not checked")}
+VERDICT = {
+    True: ("supported", "✓ Supported"),
+    False: ("unsupported", "✗ Not supported"),
+    None: ("unchecked", "Not checked"),
+}
 STATUS_NOTE = {
     "unsupported": "not supported by its citations",
     "uncited": "makes a claim without a citation",
@@ -48,7 +52,9 @@ def answer_markdown(response: AnswerResponse, turn: int) -> str:
     lines = [text]
     flagged = [s for s in response.sentences if s.status in STATUS_NOTE]
     for sentence in flagged:
-        lines.append(f"⚠️ <small>“{markdown_text(_shorten(MARKER.sub('', sentence.text), 80))}” {STATUS_NOTE[sentence.status]}.</small>")
+        lines.append(
+            f"⚠️ <small>“{markdown_text(_shorten(MARKER.sub('', sentence.text), 80))}” {STATUS_NOTE[sentence.status]}.</small>"
+        )
     if response.rewritten_question:
         lines.append(f"<small>Searched for: {markdown_text(response.rewritten_question)}</small>")
     if response.confidence is not None:
@@ -79,14 +85,20 @@ def sources_html(turns: list[AnswerResponse]) -> str:
             sections.append(f'<section class="sources-turn">{body}</section>')
         else:
             question = html.escape(_shorten(turns[turn - 1].question, 70))
-            sections.append(f'<details class="sources-turn"><summary>Sources for “{question}”</summary>{body}</details>')
+            sections.append(
+                f'<details class="sources-turn"><summary>Sources for “{question}”</summary>{body}</details>'
+            )
     return "".join(sections)
 
 
 def _answer_sources(response: AnswerResponse, turn: int) -> str:
     if response.abstained:
         closest = "".join(_passage_card(hit) for hit in response.passages[:3])
-        more = f'<details><summary>Closest passages (none answers the question)</summary>{closest}</details>' if closest else ""
+        more = (
+            f"<details><summary>Closest passages (none answers the question)</summary>{closest}</details>"
+            if closest
+            else ""
+        )
         return f'<div class="abstained"><strong>Not found in the documents</strong><p>{html.escape(response.notice or "")}</p></div>{more}'
     cards = "".join(_citation_card(c, response, turn) for c in response.citations)
     return cards or '<div class="sources-empty">This answer carries no citations.</div>'
@@ -96,7 +108,11 @@ def _citation_card(citation: Citation, response: AnswerResponse, turn: int) -> s
     css, label = VERDICT[citation.supported]
     passage = next((p for p in response.passages if p.chunk_id == citation.chunk_id), None)
     score = f" · score {citation.score:.2f}" if citation.score is not None else ""
-    origin = f'<div class="origin">{html.escape(citation.reason)}</div>' if citation.origin != "model" and citation.reason else ""
+    origin = (
+        f'<div class="origin">{html.escape(citation.reason)}</div>'
+        if citation.origin != "model" and citation.reason
+        else ""
+    )
     if passage is not None and passage.start <= citation.start and citation.end <= passage.end:
         before = passage.text[: citation.start - passage.start]
         after = passage.text[citation.end - passage.start :]
@@ -108,7 +124,7 @@ def _citation_card(citation: Citation, response: AnswerResponse, turn: int) -> s
         f'<header><span class="cite-num">[{citation.id}]</span><span class="source-title">{html.escape(citation.title)}</span>'
         f'<span class="verdict {css}">{label}</span></header>'
         f'<div class="passage">{body}</div>{origin}'
-        f'<footer><span>{html.escape(citation.doc_id)}{_page_part(citation)} · characters {citation.start}–{citation.end}{score}</span>'
+        f"<footer><span>{html.escape(citation.doc_id)}{_page_part(citation)} · characters {citation.start}–{citation.end}{score}</span>"
         f'<a href="{viewer_url(citation.doc_id, citation.start, citation.end)}" target="_blank" rel="noopener">{_open_label(citation)}</a></footer>'
         "</article>"
     )
@@ -138,7 +154,7 @@ def _passage_card(hit: SearchHit, scores: bool = False) -> str:
         f'<article class="source-card passage-card"><header><span class="cite-num">{hit.rank}.</span>'
         f'<span class="source-title">{html.escape(hit.title)}</span></header>'
         f'<div class="passage">{html.escape(hit.text)}</div>'
-        f'<footer><span>{html.escape(hit.doc_id)}{_page_part(hit)} · characters {hit.start}–{hit.end}{detail}{also}</span>'
+        f"<footer><span>{html.escape(hit.doc_id)}{_page_part(hit)} · characters {hit.start}–{hit.end}{detail}{also}</span>"
         f'<a href="{viewer_url(hit.doc_id, hit.start, hit.end)}" target="_blank" rel="noopener">{_open_label(hit)}</a></footer></article>'
     )
 
@@ -156,7 +172,11 @@ def reading_html(hits: list[SearchHit]) -> str:
 
 
 def document_page(
-    doc: Document, start: int | None, end: int | None, pages: list[PageBoxes] | None = None, notice: str | None = None,
+    doc: Document,
+    start: int | None,
+    end: int | None,
+    pages: list[PageBoxes] | None = None,
+    notice: str | None = None,
 ) -> str:
     """A whole document with one span highlighted; links to it end in #span, which scrolls the
     span into view (the page runs no script: its Content-Security-Policy allows none). For a
@@ -165,16 +185,24 @@ def document_page(
     text = doc.text
     anchor = ' id="span"' if not pages else ""
     if start is not None and end is not None and 0 <= start <= end <= len(text):
-        body = f'{html.escape(text[:start])}<mark{anchor}>{html.escape(text[start:end])}</mark>{html.escape(text[end:])}'
+        body = (
+            f"{html.escape(text[:start])}<mark{anchor}>{html.escape(text[start:end])}</mark>{html.escape(text[end:])}"
+        )
     else:
-        body = f'<span{anchor}></span>{html.escape(text)}'
+        body = f"<span{anchor}></span>{html.escape(text)}"
     if doc.pages:  # the form feeds between pages become page labels
         parts = body.split(PAGE_BREAK)
-        body = parts[0] + "".join(f'<span class="page-break">p. {n}</span>{part}' for n, part in enumerate(parts[1:], start=2))
+        body = parts[0] + "".join(
+            f'<span class="page-break">p. {n}</span>{part}' for n, part in enumerate(parts[1:], start=2)
+        )
         body = f'<span class="page-break">p. 1</span>{body}'
     figures = "".join(_page_figure(doc.doc_id, page, first=i == 0) for i, page in enumerate(pages or []))
     note = f'<p class="notice">{html.escape(notice)}</p>' if notice else ""
-    source = f'<p class="meta"><a href="{html.escape(doc.source_url)}" rel="noopener">{html.escape(doc.source_url)}</a></p>' if doc.source_url else ""
+    source = (
+        f'<p class="meta"><a href="{html.escape(doc.source_url)}" rel="noopener">{html.escape(doc.source_url)}</a></p>'
+        if doc.source_url
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(doc.display_title)}</title>

@@ -30,7 +30,11 @@ def needs_context(question: str) -> bool:
 
 
 def standalone_question(
-    question: str, history: list[Turn], model: str, settings: Settings, api_base: str | None = None,
+    question: str,
+    history: list[Turn],
+    model: str,
+    settings: Settings,
+    api_base: str | None = None,
     local_model: LocalModel | None = None,
 ) -> str:
     """The question to search for. With the extractive model (no LLM) or when the LLM fails,
@@ -44,10 +48,17 @@ def standalone_question(
         return fallback
     cfg = settings.answer
     try:
-        text = "".join(stream_completion(
-            rewrite_messages(question, turns), model=model, api_base=api_base or cfg.api_base,
-            temperature=0.0, max_tokens=REWRITE_MAX_TOKENS, timeout_s=cfg.timeout_s, local_model=local_model,
-        ))
+        text = "".join(
+            stream_completion(
+                rewrite_messages(question, turns),
+                model=model,
+                api_base=api_base or cfg.api_base,
+                temperature=0.0,
+                max_tokens=REWRITE_MAX_TOKENS,
+                timeout_s=cfg.timeout_s,
+                local_model=local_model,
+            )
+        )
     except GenerationError:
         return fallback
     rewritten = " ".join(text.strip().strip('"').split())

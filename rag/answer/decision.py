@@ -42,8 +42,12 @@ class Signals:
         cls, retrieval: float, evidence: float, chosen: float, position: int, p_choice: float, p_none: float
     ) -> Signals:
         return cls(
-            retrieval=retrieval, evidence=evidence, chosen=chosen, position=float(position),
-            log_p_choice=math.log(max(p_choice, MIN_PROBABILITY)), log_p_none=math.log(max(p_none, MIN_PROBABILITY)),
+            retrieval=retrieval,
+            evidence=evidence,
+            chosen=chosen,
+            position=float(position),
+            log_p_choice=math.log(max(p_choice, MIN_PROBABILITY)),
+            log_p_none=math.log(max(p_none, MIN_PROBABILITY)),
         )
 
     def vector(self, names: list[str]) -> list[float]:

@@ -98,7 +98,9 @@ Guard = Callable[[Draft], str | None]
 
 
 class Answerer:
-    def __init__(self, retriever: Retriever, embedder: Embedder, settings: Settings, local_model: LocalModel | None = None):
+    def __init__(
+        self, retriever: Retriever, embedder: Embedder, settings: Settings, local_model: LocalModel | None = None
+    ):
         self.retriever = retriever
         self.embedder = embedder
         self.settings = settings
@@ -168,7 +170,9 @@ class Answerer:
         """Retrieve the pool, rank its sentences, keep the evidence; the passages the evidence
         comes from are renumbered in order of their best sentence."""
         cfg = self.settings.evidence
-        pool = self.retriever.search(question, k=options.k or cfg.passages, mode=options.mode, doc_ids=options.doc_ids).results
+        pool = self.retriever.search(
+            question, k=options.k or cfg.passages, mode=options.mode, doc_ids=options.doc_ids
+        ).results
         ranked = rank_evidence(question, pool, self.sentence_vectors, cfg)
         evidence = select_evidence(ranked, cfg.sentences, cfg.max_words)
         order = list(dict.fromkeys(s.passage for s in evidence))
@@ -215,15 +219,26 @@ class Answerer:
         messages = self.choice_prompt(draft)
         api_base, timeout_s = options.api_base or cfg.api_base, options.timeout_s or cfg.timeout_s
         probabilities = first_token_probabilities(
-            messages, model=draft.model, api_base=api_base, timeout_s=timeout_s, local_model=self.local_model,
+            messages,
+            model=draft.model,
+            api_base=api_base,
+            timeout_s=timeout_s,
+            local_model=self.local_model,
         )
         if probabilities:
             choice = choice_from_probabilities(probabilities, len(draft.evidence))
         else:  # a provider without token probabilities: read the labels it writes
-            reply = "".join(stream_completion(
-                messages, model=draft.model, api_base=api_base, temperature=0.0, max_tokens=8, timeout_s=timeout_s,
-                local_model=self.local_model,
-            ))
+            reply = "".join(
+                stream_completion(
+                    messages,
+                    model=draft.model,
+                    api_base=api_base,
+                    temperature=0.0,
+                    max_tokens=8,
+                    timeout_s=timeout_s,
+                    local_model=self.local_model,
+                )
+            )
             choice = choice_from_reply(reply, len(draft.evidence))
         draft.choice = choice
         if choice.best is None:  # the model gave no label any probability
@@ -277,7 +292,11 @@ class Answerer:
         text, shown = "", 0
         # A negative bias on the decline token makes a local model decline only when that is
         # clearly likelier than any answer.
-        bias = [[token, cfg.decline_bias] for token in DECLINE_TOKENS] if cfg.decline_bias and is_local_model(draft.model) else None
+        bias = (
+            [[token, cfg.decline_bias] for token in DECLINE_TOKENS]
+            if cfg.decline_bias and is_local_model(draft.model)
+            else None
+        )
         for piece in stream_completion(
             self.answer_prompt(draft),
             model=draft.model,
@@ -303,8 +322,11 @@ class Answerer:
         """Why an answer is withheld, in the order they are asked, each with the code that
         `AnswerResponse.abstention` gives for it."""
         return [
-            ("declined", self._declined), ("unsure", self._unsure), ("repeats_question", self._repeats_question),
-            ("unsupported", self._unsupported), ("unnamed", self._unnamed),
+            ("declined", self._declined),
+            ("unsure", self._unsure),
+            ("repeats_question", self._repeats_question),
+            ("unsupported", self._unsupported),
+            ("unnamed", self._unnamed),
         ]
 
     def _declined(self, draft: Draft) -> str | None:
@@ -351,18 +373,33 @@ class Answerer:
         p = draft.choice.p if draft.choice else None
         return [
             Evidence(
-                number=n, passage=s.passage + 1, doc_id=draft.passages[s.passage].doc_id,
-                chunk_id=draft.passages[s.passage].chunk_id, start=s.span.start, end=s.span.end, text=s.text,
-                score=round(s.score, 4), probability=round(p[n - 1], 4) if p else None,
-                **self.retriever.store.documents[draft.passages[s.passage].doc_id].page_fields(s.span.start, s.span.end),
+                number=n,
+                passage=s.passage + 1,
+                doc_id=draft.passages[s.passage].doc_id,
+                chunk_id=draft.passages[s.passage].chunk_id,
+                start=s.span.start,
+                end=s.span.end,
+                text=s.text,
+                score=round(s.score, 4),
+                probability=round(p[n - 1], 4) if p else None,
+                **self.retriever.store.documents[draft.passages[s.passage].doc_id].page_fields(
+                    s.span.start, s.span.end
+                ),
             )
             for n, s in enumerate(draft.evidence, start=1)
         ]
 
     def _abstain(self, draft: Draft, code: str, reason: str) -> AnswerResponse:
         return AnswerResponse(
-            question=draft.question, answer=NOT_FOUND_ANSWER, abstained=True, abstention=code, model=draft.model, citations=[],
-            passages=draft.passages, notice=" ".join([*draft.notices, reason]), confidence=_round(draft.confidence),
+            question=draft.question,
+            answer=NOT_FOUND_ANSWER,
+            abstained=True,
+            abstention=code,
+            model=draft.model,
+            citations=[],
+            passages=draft.passages,
+            notice=" ".join([*draft.notices, reason]),
+            confidence=_round(draft.confidence),
             evidence=self._evidence(draft),
         )
 
@@ -373,7 +410,10 @@ class Answerer:
         question_tokens = content_tokens(question)
 
         def verify(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], Verdict]:
-            claims = [(sentences[i].text, documents[hits[n - 1].doc_id].text, hits[n - 1].start, hits[n - 1].end) for i, n in pairs]
+            claims = [
+                (sentences[i].text, documents[hits[n - 1].doc_id].text, hits[n - 1].start, hits[n - 1].end)
+                for i, n in pairs
+            ]
             return dict(zip(pairs, self.verifier.verify(claims, question)))
 
         cited_by = {i: [n for n in s.numbers if 1 <= n <= len(hits)] for i, s in enumerate(sentences)}
@@ -396,13 +436,26 @@ class Answerer:
 
         def add(i: int, n: int, verdict: Verdict, origin: str, reason: str) -> int:
             hit = hits[n - 1]
-            citations.append(Citation(
-                id=len(citations) + 1, passage=n, sentence=i, chunk_id=hit.chunk_id, doc_id=hit.doc_id,
-                start=verdict.span.start, end=verdict.span.end, text=documents[hit.doc_id].text[verdict.span.start : verdict.span.end],
-                chunk_start=hit.start, chunk_end=hit.end, title=hit.title, supported=verdict.supported,
-                score=round(verdict.score, 4), reason=reason, origin=origin,
-                **documents[hit.doc_id].page_fields(verdict.span.start, verdict.span.end),
-            ))
+            citations.append(
+                Citation(
+                    id=len(citations) + 1,
+                    passage=n,
+                    sentence=i,
+                    chunk_id=hit.chunk_id,
+                    doc_id=hit.doc_id,
+                    start=verdict.span.start,
+                    end=verdict.span.end,
+                    text=documents[hit.doc_id].text[verdict.span.start : verdict.span.end],
+                    chunk_start=hit.start,
+                    chunk_end=hit.end,
+                    title=hit.title,
+                    supported=verdict.supported,
+                    score=round(verdict.score, 4),
+                    reason=reason,
+                    origin=origin,
+                    **documents[hit.doc_id].page_fields(verdict.span.start, verdict.span.end),
+                )
+            )
             return len(citations)
 
         for i in range(len(sentences)):
@@ -410,7 +463,9 @@ class Answerer:
                 n, verdict = repairs[i]
                 if cited_by[i]:
                     wrong = ", ".join(f"[{m}]" for m in cited_by[i])
-                    new_id = add(i, n, verdict, "corrected", f"the model cited passage {wrong}, which does not state this")
+                    new_id = add(
+                        i, n, verdict, "corrected", f"the model cited passage {wrong}, which does not state this"
+                    )
                     ids.update({(i, m): new_id for m in cited_by[i]})
                 else:
                     insertions[i] = add(i, n, verdict, "added", "the model gave no citation; this passage states it")
@@ -435,11 +490,21 @@ class Answerer:
         notices = list(draft.notices)
         dropped = sorted({n for s in sentences for n in s.numbers if not 1 <= n <= len(hits)})
         if dropped:
-            notices.append(f"Removed citation markers that point at no passage: {', '.join(f'[{n}]' for n in dropped)}.")
+            notices.append(
+                f"Removed citation markers that point at no passage: {', '.join(f'[{n}]' for n in dropped)}."
+            )
         return AnswerResponse(
-            question=question, answer=answer, abstained=False, model=draft.answered_by, citations=citations,
-            sentences=out_sentences, passages=hits, notice=" ".join(notices) or None,
-            confidence=_round(draft.confidence), evidence=self._evidence(draft), raw_answer=raw,
+            question=question,
+            answer=answer,
+            abstained=False,
+            model=draft.answered_by,
+            citations=citations,
+            sentences=out_sentences,
+            passages=hits,
+            notice=" ".join(notices) or None,
+            confidence=_round(draft.confidence),
+            evidence=self._evidence(draft),
+            raw_answer=raw,
         )
 
 

@@ -36,8 +36,10 @@ EXAMPLE_PASSAGES = [
     "Border guards in Lao Cai held 40 joint patrols with the neighbouring forces during the year.",
 ]
 EXAMPLES = [
-    ("How much money did the Ha Giang council approve for roads?",
-     "It approved 12 billion dong for rural roads and three new bridges [1]."),
+    (
+        "How much money did the Ha Giang council approve for roads?",
+        "It approved 12 billion dong for rural roads and three new bridges [1].",
+    ),
     ("How many joint patrols did the Ha Giang border guards hold?", NOT_FOUND),
 ]
 
@@ -111,7 +113,10 @@ def choice_messages(question: str, sentences: list[str]) -> list[dict[str, str]]
         raise ValueError(f"at most {len(CHOICE_LABELS)} candidate sentences, got {len(sentences)}")
     messages = [{"role": "system", "content": CHOICE_SYSTEM}]
     for example_question, example_answer in CHOICE_EXAMPLES:
-        messages += [_choice_user(example_question, CHOICE_EXAMPLE_SENTENCES), {"role": "assistant", "content": example_answer}]
+        messages += [
+            _choice_user(example_question, CHOICE_EXAMPLE_SENTENCES),
+            {"role": "assistant", "content": example_answer},
+        ]
     return [*messages, _choice_user(question, sentences)]
 
 

@@ -72,7 +72,9 @@ class Embedder:
             dimension = self.model.dimension
         else:
             self.model = _torch_model(settings)
-            dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+            dimension = (
+                getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+            )
             dimension = dimension()
         if not dimension:
             raise BadInputError(f"embedding model '{settings.model}' reports no embedding dimension")

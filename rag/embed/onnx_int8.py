@@ -99,8 +99,14 @@ def _export(model_dir: Path, staging: Path) -> None:
 
     model = SentenceTransformer(str(model_dir), device="cpu")
     modules = [type(module).__name__ for module in model]
-    if modules[:2] != ["Transformer", "Pooling"] or model[1].pooling_mode != "mean" or modules[2:] not in ([], ["Normalize"]):
-        raise BadInputError(f"embedding backend onnx-int8 needs a mean-pooled transformer model, not {' + '.join(modules)}")
+    if (
+        modules[:2] != ["Transformer", "Pooling"]
+        or model[1].pooling_mode != "mean"
+        or modules[2:] not in ([], ["Normalize"])
+    ):
+        raise BadInputError(
+            f"embedding backend onnx-int8 needs a mean-pooled transformer model, not {' + '.join(modules)}"
+        )
     tokenizer = model.tokenizer
     if not tokenizer.is_fast:
         raise BadInputError(f"embedding backend onnx-int8 needs a fast (tokenizer.json) tokenizer in {model_dir}")
@@ -126,19 +132,30 @@ def _export(model_dir: Path, staging: Path) -> None:
         warnings.simplefilter("ignore")
         # The TorchScript exporter: the dynamo one needs onnxscript, one more dependency for nothing.
         torch.onnx.export(
-            LastHiddenState(), tuple(sample[name] for name in names), str(fp32), input_names=names,
-            output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False,
+            LastHiddenState(),
+            tuple(sample[name] for name in names),
+            str(fp32),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
         )
     fused = staging / "fused.onnx"
     config = transformer.config
-    optimize_model(str(fp32), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size).save_model_to_file(str(fused))
+    optimize_model(
+        str(fp32), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
+    ).save_model_to_file(str(fused))
     # Measured on long SciFact abstracts against torch fp32: unfused int8 took 0.85x torch's CPU
     # time, fused int8 0.57x. Per-channel scales: one scale per weight matrix cost cosine 0.89 to
     # fp32, per channel 0.99.
     logging.disable(logging.WARNING)  # the quantizer's advice to pre-process, printed on the user's terminal
     try:
         quantize_dynamic(
-            fused, staging / MODEL_FILE, weight_type=QuantType.QInt8, per_channel=True,
+            fused,
+            staging / MODEL_FILE,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops carry no type for the quantizer
         )
     finally:
@@ -174,7 +191,9 @@ class OnnxInt8Encoder:
         # Idle worker threads sleep instead of spinning: on a shared 2-core machine spinning threads
         # take turns from the ones doing the work (as with llama.cpp's OpenMP, see LocalLLMSettings).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(export / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(
+            str(export / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+        )
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
@@ -189,5 +208,7 @@ class OnnxInt8Encoder:
             (hidden,) = self.session.run(None, {name: features[name] for name in self.inputs})
             mask = features["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-            out[begin : begin + len(encodings)] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            out[begin : begin + len(encodings)] = pooled / np.maximum(
+                np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12
+            )
         return out

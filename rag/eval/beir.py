@@ -155,7 +155,9 @@ def run_queries(
     return run
 
 
-def score_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], metrics: list[str]) -> dict[str, float]:
+def score_run(
+    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], metrics: list[str]
+) -> dict[str, float]:
     """Means over every judged query (ranx metric names, e.g. "ndcg@10")."""
     from ranx import Qrels, Run, evaluate
 
@@ -190,12 +192,18 @@ def evaluate_modes(
     results = {}
     for mode in modes:
         head = run_queries(retriever, dataset.queries, mode, head_depth, k, progress)
-        deep = head if deep_depth <= head_depth else run_queries(
-            retriever, dataset.queries, mode, deep_depth, k, progress, stage="search-deep"
+        deep = (
+            head
+            if deep_depth <= head_depth
+            else run_queries(retriever, dataset.queries, mode, deep_depth, k, progress, stage="search-deep")
         )
-        scores = score_run(dataset.qrels, head, ["ndcg@10", "recall@10", "mrr@10"]) | score_run(dataset.qrels, deep, [f"recall@{k}"])
+        scores = score_run(dataset.qrels, head, ["ndcg@10", "recall@10", "mrr@10"]) | score_run(
+            dataset.qrels, deep, [f"recall@{k}"]
+        )
         results[mode] = {
-            "nDCG@10": scores["ndcg@10"], "Recall@10": scores["recall@10"], f"Recall@{k}": scores[f"recall@{k}"],
+            "nDCG@10": scores["ndcg@10"],
+            "Recall@10": scores["recall@10"],
+            f"Recall@{k}": scores[f"recall@{k}"],
             "MRR@10": scores["mrr@10"],
         }
     return results

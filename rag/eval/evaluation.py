@@ -212,34 +212,45 @@ def evaluate_questions(
             (None, None) if response.abstained else alce_citation_scores(cited_passages(response, documents), entails)
         )
         raw_recall, raw_precision = (
-            (None, None) if response.abstained or not response.raw_answer
+            (None, None)
+            if response.abstained or not response.raw_answer
             else alce_citation_scores(raw_cited_passages(response, documents), entails)
         )
-        rows.append({
-            "id": q.id,
-            "question": q.question,
-            "answerable": q.answerable,
-            "abstained": response.abstained,
-            "answer": response.answer,
-            "notice": response.notice,
-            "correct": (not response.abstained and contains_answer(response.answer, q.answers)) if q.answerable else response.abstained,
-            "token_f1": max((token_f1(response.answer, a) for a in q.answers), default=0.0) if q.answerable and not response.abstained else 0.0,
-            "token_recall": max((token_recall(response.answer, a) for a in q.answers), default=0.0) if q.answerable and not response.abstained else 0.0,
-            "quote_cited": quote_cited(response, q.quotes, documents) if q.answerable and q.quotes else None,
-            "quote_in_evidence": quote_in_evidence(response, q.quotes, documents) if q.answerable and q.quotes else None,
-            "confidence": response.confidence,
-            "claims": len(claims),
-            "supported_claims": sum(s.status in ("supported", "partly") for s in claims),
-            "citations": len(response.citations),
-            "supporting_citations": sum(bool(c.supported) for c in response.citations),
-            "invalid_offsets": invalid,
-            "citation_recall": citation_recall,
-            "citation_precision": citation_precision,
-            "raw_citation_recall": raw_recall,
-            "raw_citation_precision": raw_precision,
-            "first_token_ms": response.timings_ms.get("first_token"),
-            "total_ms": response.timings_ms.get("total", 0.0),
-        })
+        rows.append(
+            {
+                "id": q.id,
+                "question": q.question,
+                "answerable": q.answerable,
+                "abstained": response.abstained,
+                "answer": response.answer,
+                "notice": response.notice,
+                "correct": (not response.abstained and contains_answer(response.answer, q.answers))
+                if q.answerable
+                else response.abstained,
+                "token_f1": max((token_f1(response.answer, a) for a in q.answers), default=0.0)
+                if q.answerable and not response.abstained
+                else 0.0,
+                "token_recall": max((token_recall(response.answer, a) for a in q.answers), default=0.0)
+                if q.answerable and not response.abstained
+                else 0.0,
+                "quote_cited": quote_cited(response, q.quotes, documents) if q.answerable and q.quotes else None,
+                "quote_in_evidence": quote_in_evidence(response, q.quotes, documents)
+                if q.answerable and q.quotes
+                else None,
+                "confidence": response.confidence,
+                "claims": len(claims),
+                "supported_claims": sum(s.status in ("supported", "partly") for s in claims),
+                "citations": len(response.citations),
+                "supporting_citations": sum(bool(c.supported) for c in response.citations),
+                "invalid_offsets": invalid,
+                "citation_recall": citation_recall,
+                "citation_precision": citation_precision,
+                "raw_citation_recall": raw_recall,
+                "raw_citation_precision": raw_precision,
+                "first_token_ms": response.timings_ms.get("first_token"),
+                "total_ms": response.timings_ms.get("total", 0.0),
+            }
+        )
         if progress:
             progress(done, len(questions))
 
@@ -247,7 +258,13 @@ def evaluate_questions(
     gold = {qid: docs for qid, docs in gold.items() if docs}
     retrieval = {}
     if gold:
-        run = run_queries(service.retriever, {q.id: q.question for q in questions if q.id in gold}, options.mode or service.settings.retrieval.mode, RETRIEVAL_DEPTH, RETRIEVAL_DEPTH)
+        run = run_queries(
+            service.retriever,
+            {q.id: q.question for q in questions if q.id in gold},
+            options.mode or service.settings.retrieval.mode,
+            RETRIEVAL_DEPTH,
+            RETRIEVAL_DEPTH,
+        )
         scores = score_run(gold, run, ["recall@5", "mrr@10", "ndcg@10"])
         retrieval = {"Recall@5": scores["recall@5"], "MRR@10": scores["mrr@10"], "nDCG@10": scores["ndcg@10"]}
     return {
@@ -288,8 +305,12 @@ def summarize(rows: list[dict]) -> dict:
             "raw_recall": statistics.fmean(r["raw_citation_recall"] for r in raw) if raw else None,
             "raw_precision": statistics.fmean(r["raw_citation_precision"] for r in raw) if raw else None,
             # The service's own verdicts (against the tight spans it cites, question known).
-            "service_supported_claims": share(sum(r["supported_claims"] for r in answered), sum(r["claims"] for r in answered)),
-            "service_supported_citations": share(sum(r["supporting_citations"] for r in answered), sum(r["citations"] for r in answered)),
+            "service_supported_claims": share(
+                sum(r["supported_claims"] for r in answered), sum(r["claims"] for r in answered)
+            ),
+            "service_supported_citations": share(
+                sum(r["supporting_citations"] for r in answered), sum(r["citations"] for r in answered)
+            ),
             "quote_in_span": share(sum(bool(r["quote_cited"]) for r in with_quotes), len(with_quotes)),
             "quote_in_evidence": share(sum(bool(r.get("quote_in_evidence")) for r in with_quotes), len(with_quotes)),
             "invalid_offsets": sum(r["invalid_offsets"] for r in rows),

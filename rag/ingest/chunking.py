@@ -51,7 +51,9 @@ def _split_long(text: str, block: Block, settings: ChunkingSettings) -> list[_Un
 
 def _split_words(text: str, span: Span, size: int) -> list[Span]:
     words = list(WORD_RUN.finditer(text, span.start, span.end))
-    return [Span(start=words[i].start(), end=words[min(i + size, len(words)) - 1].end()) for i in range(0, len(words), size)]
+    return [
+        Span(start=words[i].start(), end=words[min(i + size, len(words)) - 1].end()) for i in range(0, len(words), size)
+    ]
 
 
 def chunk_document(doc_id: str, text: str, blocks: list[Block], settings: ChunkingSettings) -> list[Chunk]:
@@ -72,13 +74,18 @@ def chunk_document(doc_id: str, text: str, blocks: list[Block], settings: Chunki
     merged: list[_Unit] = []
     for unit in units:
         prev = merged[-1] if merged else None
-        if prev is not None and adjacent(prev, unit) and fits(prev, unit) and (
-            prev.heading or prev.words < settings.min_words or unit.words < settings.min_words
+        if (
+            prev is not None
+            and adjacent(prev, unit)
+            and fits(prev, unit)
+            and (prev.heading or prev.words < settings.min_words or unit.words < settings.min_words)
         ):
             prev.end, prev.words, prev.heading = unit.end, prev.words + unit.words, unit.heading
         else:
             merged.append(_Unit(unit.start, unit.end, unit.words, unit.heading))
     return [
-        Chunk(chunk_id=f"{doc_id}:{u.start}-{u.end}", doc_id=doc_id, start=u.start, end=u.end, text=text[u.start : u.end])
+        Chunk(
+            chunk_id=f"{doc_id}:{u.start}-{u.end}", doc_id=doc_id, start=u.start, end=u.end, text=text[u.start : u.end]
+        )
         for u in merged
     ]

@@ -233,11 +233,7 @@ def clean_document(doc: Document, boilerplate_lines: set[str], settings: Cleanin
     for i, block in enumerate(raw_blocks):
         heading = not block.is_list_item and len(block.lines) == 1 and _is_title_like(block.text)
         paragraphs.append(_Paragraph(block, heading, len(block.text) if i in link_items else 0))
-        if (
-            i in link_items
-            or len(WORD.findall(block.text)) < 2
-            or _normalise(block.text) in boilerplate_lines
-        ):
+        if i in link_items or len(WORD.findall(block.text)) < 2 or _normalise(block.text) in boilerplate_lines:
             hard_bad.add(i)
     classify_paragraphs(paragraphs, _stoplist(settings.language))
     for i, paragraph in enumerate(paragraphs):

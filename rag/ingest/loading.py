@@ -90,8 +90,16 @@ def load_file(path: Path, root: Path, report: LoadReport, max_bytes: int) -> Doc
         for warning in extracted.warnings:
             log.warning("%s: %s", path, warning)
         return Document(
-            doc_id=doc_id, path=str(path), root=str(root), text=extracted.text, sha256=sha, format=fmt,
-            title=extracted.title, size=stat.st_size, mtime_ns=stat.st_mtime_ns, pages=extracted.pages,
+            doc_id=doc_id,
+            path=str(path),
+            root=str(root),
+            text=extracted.text,
+            sha256=sha,
+            format=fmt,
+            title=extracted.title,
+            size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+            pages=extracted.pages,
             blocks=extracted.blocks,
         )
     if b"\x00" in data[:8192]:
@@ -116,8 +124,16 @@ def load_file(path: Path, root: Path, report: LoadReport, max_bytes: int) -> Doc
     if url is None and (m := SOURCE_URL.search(text)):
         url = m.group(1)
     return Document(
-        doc_id=doc_id, path=str(path), root=str(root), text=text, sha256=sha,
-        format=fmt, title=title, source_url=url, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+        doc_id=doc_id,
+        path=str(path),
+        root=str(root),
+        text=text,
+        sha256=sha,
+        format=fmt,
+        title=title,
+        source_url=url,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
     )
 
 

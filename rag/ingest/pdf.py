@@ -44,6 +44,8 @@ PAGE_NUMBER = re.compile(
     r"^[-–—\s]*(?:page\s+)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:of|/)\s*\d{1,4})?[-–—\s]*$", re.IGNORECASE
 )
 SENTENCE_END = re.compile(r"[.!?:;…][\"'”’)\]]*$")
+
+
 @dataclass
 class _Line:
     start: int  # offsets into the page text

@@ -245,7 +245,9 @@ def _changes(
         )
         offset += n
     removed = sorted(set(stored) - set(docs))
-    changes = Changes(upserted=written, removed=removed, annotated=annotated, manifest=manifest, replace_all=replace_all)
+    changes = Changes(
+        upserted=written, removed=removed, annotated=annotated, manifest=manifest, replace_all=replace_all
+    )
     return changes, rows.state
 
 

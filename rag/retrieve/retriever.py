@@ -82,7 +82,10 @@ class Retriever:
     def _hit(self, rank: int, candidate: Candidate) -> SearchHit:
         chunk = candidate.chunk
         head = self.store.chunk(chunk.duplicate_of) if chunk.duplicate_of else chunk
-        group = [ChunkLocation(chunk_id=head.chunk_id, doc_id=head.doc_id, start=head.start, end=head.end), *head.copies]
+        group = [
+            ChunkLocation(chunk_id=head.chunk_id, doc_id=head.doc_id, start=head.start, end=head.end),
+            *head.copies,
+        ]
         doc = self.store.documents[chunk.doc_id]
         return SearchHit(
             rank=rank,

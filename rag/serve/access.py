@@ -96,7 +96,9 @@ def load_keys(server: ServerSettings) -> Keys:
         try:
             lines = server.api_key_file.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise BadInputError(f"cannot read server.api_key_file {server.api_key_file}: {getattr(exc, 'strerror', None) or exc}") from None
+            raise BadInputError(
+                f"cannot read server.api_key_file {server.api_key_file}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
         for line in (line.strip() for line in lines):
             if line.startswith("admin:"):
                 admin.append(line.removeprefix("admin:").strip())
@@ -308,7 +310,9 @@ def protect(app, server: ServerSettings, keys: Keys) -> None:
     app.add_middleware(AccessMiddleware, keys=keys)
     if server.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=server.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+            CORSMiddleware,
+            allow_origins=server.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(SameOriginMiddleware, allowed=server.cors_origins)
@@ -362,7 +366,9 @@ def lone_surrogate_field(value: object, path: str = "") -> str | None:
     for key, item in items:
         if isinstance(key, str) and not is_unicode_text(key):
             return path or "body"
-        found = lone_surrogate_field(item, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key)
+        found = lone_surrogate_field(
+            item, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+        )
         if found is not None:
             return found
     return None

@@ -102,7 +102,9 @@ class AnswerQueue:
 
     def __init__(self, service: RagService) -> None:
         settings = service.settings
-        self._places = threading.BoundedSemaphore(settings.local_llm.max_concurrent + settings.server.max_queued_answers)
+        self._places = threading.BoundedSemaphore(
+            settings.local_llm.max_concurrent + settings.server.max_queued_answers
+        )
         self._default_model = settings.answer.model
 
     @contextmanager
@@ -203,8 +205,11 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
             return Health(status="ok")
         store = service.store
         return Health(
-            status="ok", documents=len(store.documents), passages=store.chunk_total,
-            embedding_model=service.settings.embedding.model, answer_model=service.settings.answer.model,
+            status="ok",
+            documents=len(store.documents),
+            passages=store.chunk_total,
+            embedding_model=service.settings.embedding.model,
+            answer_model=service.settings.answer.model,
         )
 
     @api.post("/search")
@@ -216,7 +221,9 @@ def router(service: RagService, keys: Keys, queue: AnswerQueue) -> APIRouter:
         with queue.place(allowed(service, request).model):
             return service.ask(request)
 
-    @api.post("/ask/stream", responses={200: {"content": {"text/event-stream": {}}}, 503: {"description": "As for /ask"}})
+    @api.post(
+        "/ask/stream", responses={200: {"content": {"text/event-stream": {}}}, 503: {"description": "As for /ask"}}
+    )
     async def ask_stream(request: AskRequest) -> EventSourceResponse:
         """Server-sent events: `passages` (the retrieved passages), `token` (answer text as the
         model writes it), then `answer` (the full verified answer, exactly as POST /ask returns
@@ -294,6 +301,10 @@ def _sse(events: Iterator[AnswerEvent]) -> Iterator[bytes]:
 
 def _change(doc_id: str, report: IndexReport) -> IndexChange:
     return IndexChange(
-        doc_id=doc_id, added=report.added, updated=report.updated, removed=report.removed,
-        documents=report.documents, passages=report.chunks,
+        doc_id=doc_id,
+        added=report.added,
+        updated=report.updated,
+        removed=report.removed,
+        documents=report.documents,
+        passages=report.chunks,
     )

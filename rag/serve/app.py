@@ -36,7 +36,9 @@ def create_app(service: RagService) -> FastAPI:
 
     @app.get("/page-image/{doc_id:path}", include_in_schema=False)
     def page_image(
-        doc_id: str, page: Annotated[int, Query(ge=1)], width: Annotated[int, Query(ge=100, le=MAX_PAGE_WIDTH_PX)] = PAGE_WIDTH_PX,
+        doc_id: str,
+        page: Annotated[int, Query(ge=1)],
+        width: Annotated[int, Query(ge=100, le=MAX_PAGE_WIDTH_PX)] = PAGE_WIDTH_PX,
     ) -> Response:
         """One page of a PDF document as a PNG (the document page draws the span's boxes over it)."""
         doc = service.document(doc_id)
@@ -48,7 +50,12 @@ def create_app(service: RagService) -> FastAPI:
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     return gr.mount_gradio_app(
-        app, build_interface(service, app.state.keys, app.state.answer_queue), path="/",
-        theme=theme(), css_paths=[ASSETS / "style.css"], head=(ASSETS / "head.html").read_text(encoding="utf-8"),
-        max_file_size=service.settings.server.max_upload_bytes, footer_links=["api"],
+        app,
+        build_interface(service, app.state.keys, app.state.answer_queue),
+        path="/",
+        theme=theme(),
+        css_paths=[ASSETS / "style.css"],
+        head=(ASSETS / "head.html").read_text(encoding="utf-8"),
+        max_file_size=service.settings.server.max_upload_bytes,
+        footer_links=["api"],
     )

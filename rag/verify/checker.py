@@ -60,7 +60,9 @@ class Checker:
         sentences = []
         for sentence in parse_answer(request.answer):
             verdicts = [self._verdict(sentence.text, n, by_id.get(n)) for n in sentence.numbers]
-            sentences.append(SentenceCheck(text=sentence.text, citations=verdicts, status=_status(sentence.text, verdicts)))
+            sentences.append(
+                SentenceCheck(text=sentence.text, citations=verdicts, status=_status(sentence.text, verdicts))
+            )
         return CheckReport(sentences=sentences, uncited_claims=[s.text for s in sentences if s.status == "uncited"])
 
     def _passage(self, citation: GivenCitation) -> tuple[str, int, int, str | None] | None:
@@ -68,7 +70,11 @@ class Checker:
         document = self.retriever.store.documents.get(citation.doc_id) if citation.doc_id else None
         if document is not None:
             text = document.text
-            if citation.start is not None and citation.end is not None and 0 <= citation.start < citation.end <= len(text):
+            if (
+                citation.start is not None
+                and citation.end is not None
+                and 0 <= citation.start < citation.end <= len(text)
+            ):
                 return text, citation.start, citation.end, document.doc_id
             if citation.text and (at := text.find(citation.text)) >= 0:
                 return text, at, at + len(citation.text), document.doc_id
@@ -88,9 +94,15 @@ class Checker:
         document = self.retriever.store.documents.get(doc_id) if doc_id else None
         in_document = document is not None and text is document.text
         return CitationVerdict(
-            id=number, verdict="supported" if verdict.supported else "not_supported", supported=verdict.supported,
-            score=round(verdict.score, 4), reason=verdict.reason, doc_id=doc_id,
-            start=verdict.span.start, end=verdict.span.end, text=text[verdict.span.start : verdict.span.end],
+            id=number,
+            verdict="supported" if verdict.supported else "not_supported",
+            supported=verdict.supported,
+            score=round(verdict.score, 4),
+            reason=verdict.reason,
+            doc_id=doc_id,
+            start=verdict.span.start,
+            end=verdict.span.end,
+            text=text[verdict.span.start : verdict.span.end],
             **(document.page_fields(verdict.span.start, verdict.span.end) if in_document else {}),
         )
 
@@ -106,7 +118,9 @@ class Checker:
         else:
             # No location: the best evidence the index holds, as the citation to judge.
             hits = self.retriever.search(claim, k=EVIDENCE_CANDIDATES).results
-            candidates = [self._verdict(claim, 1, GivenCitation(id=1, doc_id=h.doc_id, start=h.start, end=h.end)) for h in hits]
+            candidates = [
+                self._verdict(claim, 1, GivenCitation(id=1, doc_id=h.doc_id, start=h.start, end=h.end)) for h in hits
+            ]
             verdicts = [max(candidates, key=lambda v: (v.supported, v.score or 0.0))] if candidates else []
         sentence = SentenceCheck(text=claim, citations=verdicts, status=_status(claim, verdicts))
         return CheckReport(sentences=[sentence], uncited_claims=[claim] if sentence.status == "uncited" else [])

@@ -58,7 +58,9 @@ class Verifier:
         question_words = {fold(w) for w in NAME.findall(question)}
         question_tokens = content_tokens(question)
         return [
-            self._judge(claim, text[start:end], text, group, vectors, question_words, question_tokens, numbers_in(question))
+            self._judge(
+                claim, text[start:end], text, group, vectors, question_words, question_tokens, numbers_in(question)
+            )
             for (claim, text, start, end), group in zip(pairs, candidates)
         ]
 
@@ -67,7 +69,9 @@ class Verifier:
         """(text, span, is a sentence pair) for each sentence and each neighbouring pair."""
         sentences = sentence_spans(text, start, end) or [Span(start=start, end=end)]
         pairs = [Span(start=a.start, end=b.end) for a, b in zip(sentences, sentences[1:])]
-        return [(text[s.start : s.end], s, False) for s in sentences] + [(text[s.start : s.end], s, True) for s in pairs]
+        return [(text[s.start : s.end], s, False) for s in sentences] + [
+            (text[s.start : s.end], s, True) for s in pairs
+        ]
 
     def _judge(
         self,
