@@ -266,12 +266,17 @@ def _incremental_rows(
         state = state or _state_from_store(settings, store)
     text_changed = [d for d in docs if d not in stored or stored[d].sha256 != docs[d].sha256]
     gone = [d for d in stored if d not in docs or stored[d].sha256 != docs[d].sha256]
-    recleaned = state.lines.update(gone, [docs[d] for d in text_changed])
+    # PDF and Word documents come with their reader's blocks: line statistics are for pages.
+    recleaned = state.lines.update(gone, [docs[d] for d in text_changed if docs[d].blocks is None])
     state.heading_titles.difference_update(gone)
     new_chunks: dict[str, list[Chunk]] = {}
     for doc_id in sorted({*text_changed, *recleaned}):
         doc = docs[doc_id]
-        blocks = clean_document(doc, state.lines.boilerplate_of(doc_id), settings.cleaning)
+        blocks = (
+            doc.blocks
+            if doc.blocks is not None
+            else clean_document(doc, state.lines.boilerplate_of(doc_id), settings.cleaning)
+        )
         if doc.title is None or doc_id in state.heading_titles:
             title = heading_title(doc, blocks)
             docs[doc_id] = doc = doc.model_copy(update={"title": short_title(title) if title else None})
@@ -377,7 +382,7 @@ def _state_from_store(settings: Settings, store: StoreWriter) -> IngestState:
     stored documents and chunks are read, not cleaned or chunked again."""
     log.info("rebuilding the ingest state of %s from its documents", settings.index.dir)
     state = new_state(settings, state_key(settings, store.manifest.corpus_fingerprint))
-    state.lines.update([], list(store.documents.values()))
+    state.lines.update([], [doc for doc in store.documents.values() if doc.blocks is None])
     state.sketches.update([], [c for doc_id in sorted(store.documents) for c in store.chunks_of(doc_id)])
     return state
 
