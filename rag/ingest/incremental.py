@@ -264,7 +264,9 @@ def load_state(index_dir: Path, key: str) -> IngestState | None:
 
 def save_state(index_dir: Path, state: IngestState) -> None:
     """Replace the saved state atomically; a kill before the rename leaves the old one, whose
-    key no longer matches the index, so it is rebuilt."""
+    key no longer matches the index, so it is rebuilt. With a store that keeps no files here
+    (Milvus), the folder holds only this cache of the state."""
+    index_dir.mkdir(parents=True, exist_ok=True)
     tmp = index_dir / f".{STATE_FILE}.tmp"
     with tmp.open("wb") as handle:
         pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
