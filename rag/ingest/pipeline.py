@@ -88,10 +88,15 @@ def document_chunks(doc: Document, blocks: list[Block], settings: Settings) -> t
     """One cleaned document's chunks, and the document titled by its heading if it had no title."""
     if doc.title is None and (title := heading_title(doc, blocks)):
         doc = doc.model_copy(update={"title": short_title(title)})
+    return doc, paged_chunks(doc, blocks, settings)
+
+
+def paged_chunks(doc: Document, blocks: list[Block], settings: Settings) -> list[Chunk]:
+    """The chunks of a cleaned document, with their pages when it has pages (PDF)."""
     chunks = chunk_document(doc.doc_id, doc.text, blocks, settings.chunking)
     if doc.pages:
         chunks = [chunk.model_copy(update=doc.page_fields(chunk.start, chunk.end)) for chunk in chunks]
-    return doc, chunks
+    return chunks
 
 
 def update_index(
@@ -284,10 +289,7 @@ def _incremental_rows(
                 state.heading_titles.add(doc_id)
             else:
                 state.heading_titles.discard(doc_id)
-        new_chunks[doc_id] = [
-            chunk.model_copy(update=doc.page_fields(chunk.start, chunk.end)) if doc.pages else chunk
-            for chunk in chunk_document(doc_id, doc.text, blocks, settings.chunking)
-        ]
+        new_chunks[doc_id] = paged_chunks(doc, blocks, settings)
     old_chunks = {d: store.chunks_of(d) for d in {*gone, *new_chunks} if d in stored}
     for doc_id in recleaned:
         if [(c.chunk_id, c.text) for c in new_chunks[doc_id]] == [(c.chunk_id, c.text) for c in old_chunks[doc_id]]:
