@@ -1,8 +1,8 @@
 """The Milvus store against the embedded one, in one run: SciFact nDCG@10 per mode (the
 embedded index copied into Milvus with `rag migrate`'s code, so both hold the same vectors),
 warm query latency p50/p95 interleaved, and what one document upload costs the store on a
-collection of `--chunks` passages (Milvus: that document's rows; embedded: the full rebuild of
-FAISS and BM25 and the new generation it writes every update).
+collection of `--chunks` passages (Milvus: that document's rows; embedded: a new segment with
+that document's rows, the older segments linked into a new generation).
 
 Milvus is a `milvus-lite server` started here on a free loopback port; load averages are
 printed beside each timing since the machine is shared."""
@@ -271,8 +271,9 @@ def main(argv: list[str] | None = None) -> None:
             ""
             if not cost_rows
             else f"\n\nOne document upload: the store's write (`StoreWriter.apply`) on a collection of about {args.chunks:,} "
-            "passages (SciFact's documents repeated under new ids with their real vectors). The embedded store rebuilds "
-            "FAISS and BM25 and writes a new generation on every update; Milvus deletes and inserts that document's rows. "
+            "passages (SciFact's documents repeated under new ids with their real vectors). The embedded store writes a "
+            "segment with that document's rows and links the older segments into a new generation; Milvus deletes and "
+            "inserts that document's rows. "
             "The pipeline's own work (cleaning, chunking, embedding the document) is the same for both and not included. "
             "Seconds (load average at the end of each step):\n\n" + markdown_table(UPLOAD_HEADERS, cost_rows)
         )
