@@ -51,6 +51,7 @@ def check_index(settings: Settings) -> Check:
     index_dir = settings.index.dir
     try:
         data = read_index(index_dir)
+        data.verify_all()
     except IndexDamagedError as exc:
         check.problems = [f"{exc.where}: {problem}; run `rag index`" for problem in exc.problems]
         return check

@@ -76,7 +76,7 @@ def rag(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess
 
 def live_rows(data) -> tuple[list[str], np.ndarray]:
     """Embedding keys and vectors of the live rows, in chunk order."""
-    rows = [row for doc_id in sorted(data.doc_rows) for row in data.doc_rows[doc_id]]
+    rows = [row for doc_id in data.doc_ids for row in data.rows_of(doc_id)]
     return [data.embedding_key(row) for row in rows], np.stack([data.vector(row) for row in rows])
 
 

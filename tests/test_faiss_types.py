@@ -97,19 +97,19 @@ def test_each_faiss_type_finds_filters_and_forgets(tmp_path, vectors, faiss_type
     target = 1234
     query = vectors[target] + noise
     found = store.search("", query, "dense", 10, None)
-    assert found[0].chunk.chunk_id == data.row_chunks[target].chunk_id
+    assert found[0].chunk.chunk_id == data.row_chunk(target).chunk_id
 
     # Filtered to two documents: only their passages, the nearest of them first (exactly).
     allowed = ["doc0003.txt", "doc0140.txt"]
     found = store.search("harbour report", query, "hybrid", 10, allowed)
     assert found and {c.chunk.doc_id for c in found} <= set(allowed)
     dense = store.search("", query, "dense", 10, allowed)
-    allowed_rows = [r for d in allowed for r in data.doc_rows[d]]
+    allowed_rows = [r for d in allowed for r in data.rows_of(d)]
     nearest = max(allowed_rows, key=lambda r: float(vectors[r] @ query))
-    assert dense[0].chunk.chunk_id == data.row_chunks[nearest].chunk_id and len(dense) == 10
+    assert dense[0].chunk.chunk_id == data.row_chunk(nearest).chunk_id and len(dense) == 10
 
     # A removed document is never found again, filtered or not.
-    removed = data.row_chunks[target].doc_id
+    removed = data.row_chunk(target).doc_id
     with open_writer(settings.index.dir, settings.index) as writer:
         writer.apply(Changes(removed=[removed], manifest=manifest(settings, docs - 1)))
     store = FaissBm25Store(read_index(settings.index.dir), settings.retrieval, settings.index)

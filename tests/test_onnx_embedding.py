@@ -59,6 +59,14 @@ def test_int8_vectors_are_close_to_torch_vectors(torch_embedder, int8_embedder) 
     assert int8_embedder.fingerprint == f"{torch_embedder.fingerprint}+onnx-int8"
 
 
+def test_an_int8_vector_does_not_depend_on_the_texts_embedded_with_it(int8_embedder) -> None:
+    # The index reuses vectors by text: one embedded in another batch must be the same vector.
+    alone = np.stack([int8_embedder.encode([sentence])[0] for sentence in SENTENCES])
+    together = int8_embedder.encode(SENTENCES)
+    assert np.array_equal(alone, together)
+    assert np.array_equal(int8_embedder.encode(SENTENCES[::-1])[::-1], together)
+
+
 def test_the_export_is_reused_from_the_cache(int8_embedder, cache_dir, model_dir, monkeypatch) -> None:
     target = export_dir(model_dir, cache_dir)
     mtime = (target / MODEL_FILE).stat().st_mtime_ns
@@ -113,7 +121,9 @@ def test_a_damaged_or_partial_export_is_exported_again(
 
 
 def test_an_index_from_the_other_backend_is_refused_and_rebuilt(tmp_path, torch_embedder, int8_embedder) -> None:
-    make_service(make_settings(tmp_path / "index", embedding={"backend": "torch"}), torch_embedder).update(paths=[SEEDS])
+    make_service(make_settings(tmp_path / "index", embedding={"backend": "torch"}), torch_embedder).update(
+        paths=[SEEDS]
+    )
     settings = make_settings(tmp_path / "index", embedding={"backend": "onnx-int8"})
     service = make_service(settings, int8_embedder)
     with pytest.raises(IncompatibleIndexError, match=r"embedding backend \(torch -> onnx-int8\).*run `rag index`"):

@@ -114,7 +114,8 @@ def update_index(
     index_dir = settings.index.dir
     report = IndexReport(index_dir=str(index_dir))
     clock = time.perf_counter()
-    with open_writer(settings) as store:
+    # A whole-corpus sync reads every document anyway: it checks every stored chunk too.
+    with open_writer(settings, verify=any(path.is_dir() for path in paths or [])) as store:
         fingerprint = embedding_fingerprint(settings.embedding)
         if rebuild:
             report.rebuilt_because.append("--rebuild")

@@ -23,12 +23,13 @@ def open_store(settings: Settings) -> Store:
     return open_files(settings, fingerprint)
 
 
-def open_writer(settings: Settings) -> AbstractContextManager[StoreWriter]:
-    """The index the settings name, opened for one update (under its writer lock)."""
+def open_writer(settings: Settings, verify: bool = False) -> AbstractContextManager[StoreWriter]:
+    """The index the settings name, opened for one update (under its writer lock); `verify`:
+    check every stored chunk first (a store that reads chunks lazily checks them as read)."""
     if settings.store.backend == "milvus":
         from rag.stores.milvus.store import open_milvus_writer
 
         return open_milvus_writer(settings)
     from rag.stores.faiss_bm25.store import open_writer as open_files_writer
 
-    return open_files_writer(settings.index.dir, settings.index)
+    return open_files_writer(settings.index.dir, settings.index, verify)

@@ -11,10 +11,11 @@ interleave. Generations share the files of common segments (hard links): damage 
 file reaches both, and `rag index` then rebuilds from the documents.
 
 The manifest records the size and checksum of every other file of its generation and the
-counts they must agree on. Loading verifies all of it, checksums included (xxh3: a few percent
-of loading a SciFact index, where blake2b took a third; bench/RESULTS.md), so a truncated or
-overwritten file, a FAISS file copied from another index or shifted chunk offsets stop a search
-with a one-line error instead of returning wrong passages."""
+counts they must agree on. Loading verifies the checksums and counts (xxh3: a few percent of
+loading an index, where blake2b took a third; bench/RESULTS.md) and reads chunks lazily
+(rag.stores.faiss_bm25.segments), each checked when first read, so a truncated or overwritten
+file, a FAISS file copied from another index or shifted chunk offsets stop a search with a
+one-line error instead of returning wrong passages."""
 
 from __future__ import annotations
 
@@ -24,16 +25,15 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
-import faiss
 import numpy as np
 import xxhash
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field
 
 from rag.config import IndexSettings, RetrievalSettings, SearchMode, Settings
 from rag.errors import IncompatibleIndexError, IndexDamagedError, IndexMissingError
@@ -45,26 +45,14 @@ from rag.stores.base import (
     Manifest,
     compatibility_problems,
 )
-from rag.stores.faiss_bm25.dense import (
-    build_dense_index,
-    live_selector,
-    load_dense_index,
-    save_dense_index,
-    search_dense,
-)
-from rag.stores.faiss_bm25.lexical import (
-    LexicalSegment,
-    bm25_scores,
-    build_lexical_index,
-    lexical_size,
-    load_lexical_index,
-    merge_lexical_segments,
-    save_lexical_index,
-)
+from rag.stores.faiss_bm25.dense import build_dense_index, live_selector, search_dense
+from rag.stores.faiss_bm25.lexical import bm25_scores, build_lexical_index, merge_lexical_segments
+from rag.stores.faiss_bm25.segments import IndexData, Segment
 
 # 2: file checksums in the manifest; every chunk in FAISS and BM25 (near-duplicates collapse in results).
 # 3: segments, deleted documents and annotation overrides (incremental updates).
-FORMAT_VERSION = 3
+# 4: row columns and doc ids beside the JSON lines, which are read lazily.
+FORMAT_VERSION = 4
 POINTER = "CURRENT"
 GENERATIONS_KEPT = 2
 MANIFEST = "manifest.json"
@@ -90,72 +78,6 @@ class GenerationManifest(Manifest):
     deleted: dict[str, list[str]] = Field(default_factory=dict)
     # Every file of the generation but the manifest, by path relative to the generation folder.
     files: dict[str, FileRecord] = Field(default_factory=dict)
-
-
-@dataclass(eq=False)
-class Segment:
-    """Rows written by one update (or one merge), in (doc_id, start) order: chunk i is row i
-    of vectors, FAISS and BM25."""
-
-    name: str
-    documents: dict[str, Document]
-    chunks: list[Chunk]
-    vectors: np.ndarray
-    embedding_keys: list[str]
-    dense: faiss.Index
-    lexical: LexicalSegment
-
-
-class IndexData:
-    """One generation loaded: its segments, and the live view over them (deleted documents'
-    rows skipped, later near-copy annotations applied). Global row = segment offset + row."""
-
-    def __init__(self, manifest: GenerationManifest, segments: list[Segment], annotations: dict[str, Chunk]):
-        self.manifest = manifest
-        self.segments = segments
-        self.annotations = annotations
-        self.offsets: list[int] = []
-        self.live: list[np.ndarray] = []
-        self.row_chunks: list[Chunk] = []
-        self.documents: dict[str, Document] = {}
-        self.doc_rows: dict[str, list[int]] = {}
-        for segment in segments:
-            dead = set(manifest.deleted.get(segment.name, ()))
-            self.offsets.append(len(self.row_chunks))
-            self.live.append(np.array([c.doc_id not in dead for c in segment.chunks], dtype=bool))
-            self.documents.update((d, doc) for d, doc in segment.documents.items() if d not in dead)
-            for chunk in segment.chunks:
-                if chunk.doc_id not in dead:
-                    self.doc_rows.setdefault(chunk.doc_id, []).append(len(self.row_chunks))
-                self.row_chunks.append(annotations.get(chunk.chunk_id, chunk))
-        self.total_rows = len(self.row_chunks)
-
-    @property
-    def live_rows(self) -> list[int]:
-        return [row for rows in self.doc_rows.values() for row in rows]
-
-    @property
-    def embedding_keys(self) -> list[str]:
-        """Embedding keys of the live rows."""
-        return [self.embedding_key(row) for row in self.live_rows]
-
-    @property
-    def chunks(self) -> list[Chunk]:
-        """Live chunks, in (doc_id, start) order."""
-        return [self.row_chunks[row] for doc_id in sorted(self.doc_rows) for row in self.doc_rows[doc_id]]
-
-    def locate(self, row: int) -> tuple[Segment, int]:
-        """The segment of a global row, and the row within it."""
-        index = int(np.searchsorted(self.offsets, row, side="right")) - 1
-        return self.segments[index], row - self.offsets[index]
-
-    def vector(self, row: int) -> np.ndarray:
-        segment, local = self.locate(row)
-        return segment.vectors[local]
-
-    def embedding_key(self, row: int) -> str:
-        segment, local = self.locate(row)
-        return segment.embedding_keys[local]
 
 
 def current_generation(index_dir: Path) -> Path | None:
@@ -192,35 +114,23 @@ def open_store(settings: Settings, fingerprint: str) -> FaissBm25Store:
     return FaissBm25Store(data, settings.retrieval, settings.index)
 
 
-def read_generation(generation: Path, mmap: bool = False) -> IndexData:
-    """Load one generation, verified: checksums first (a damaged file is never parsed), then
-    the counts and offsets the files must agree on. `mmap`: large arrays stay on disk."""
+def read_generation(generation: Path) -> IndexData:
+    """Open one generation, verified: checksums first (a damaged file is never parsed), then
+    the counts the files must agree on; arrays are memory-mapped, chunks read lazily."""
     manifest = _read_manifest(generation)
     problems = file_problems(generation, manifest)
     if problems:
         raise IndexDamagedError(str(generation), problems)
     try:
-        segments = [_read_segment(generation / name, mmap) for name in manifest.segments]
-        annotations = {c.chunk_id: c for c in _parse_lines(CHUNK_LIST, generation / ANNOTATIONS)}
+        segments = [Segment.read(generation / name) for name in manifest.segments]
+        annotations = {c.chunk_id: c for c in _read_chunks(generation / ANNOTATIONS)}
     except (OSError, ValueError, RuntimeError) as exc:
         raise IndexDamagedError(str(generation), [f"{exc.__class__.__name__}: {exc}"]) from None
-    data = IndexData(manifest, segments, annotations)
-    problems = content_problems(data)
+    data = IndexData(manifest, segments, annotations, manifest.deleted, where=str(generation))
+    problems = data.content_problems()
     if problems:
         raise IndexDamagedError(str(generation), problems)
     return data
-
-
-def _read_segment(folder: Path, mmap: bool) -> Segment:
-    return Segment(
-        name=folder.name,
-        documents={d.doc_id: d for d in _parse_lines(DOCUMENT_LIST, folder / "documents.jsonl")},
-        chunks=_parse_lines(CHUNK_LIST, folder / "chunks.jsonl"),
-        vectors=np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None),
-        embedding_keys=json.loads((folder / "embedding_keys.json").read_text()),
-        dense=load_dense_index(folder / "dense.faiss", mmap),
-        lexical=load_lexical_index(folder / "bm25", mmap),
-    )
 
 
 def _read_manifest(generation: Path) -> GenerationManifest:
@@ -276,66 +186,10 @@ def file_problems(generation: Path, manifest: GenerationManifest) -> list[str]:
     return problems
 
 
-def row_counts(segment: Segment) -> dict[str, int]:
-    """What must all equal the number of a segment's chunks: one row per chunk in every search structure."""
-    return {
-        "chunks": len(segment.chunks),
-        "vectors": int(segment.vectors.shape[0]),
-        "embedding keys": len(segment.embedding_keys),
-        "FAISS": int(segment.dense.ntotal),
-        "BM25": lexical_size(segment.lexical),
-    }
-
-
-def content_problems(data: IndexData) -> list[str]:
-    """Counts, dimensions and offsets that disagree, one line each."""
-    problems = []
-    for segment in data.segments:
-        counts = row_counts(segment)
-        if len(set(counts.values())) > 1:
-            problems.append(
-                f"row counts differ in {segment.name}: " + ", ".join(f"{name} {n}" for name, n in counts.items())
-            )
-        dimensions = {data.manifest.dimension, int(segment.dense.d), int(segment.vectors.shape[-1])}
-        if len(dimensions) > 1:
-            problems.append(
-                f"vector dimensions differ in {segment.name}: manifest {data.manifest.dimension}, "
-                f"FAISS {segment.dense.d}, vectors {segment.vectors.shape[-1]}"
-            )
-    chunks = [data.row_chunks[row] for row in data.live_rows]
-    if len(chunks) != data.manifest.chunks:
-        problems.append(f"row counts differ: {len(chunks)} live chunks, the manifest says {data.manifest.chunks}")
-    if len(data.documents) != data.manifest.documents:
-        problems.append(f"{len(data.documents)} documents, the manifest says {data.manifest.documents}")
-    ids = {c.chunk_id for c in chunks}
-    shifted = [
-        c.chunk_id
-        for c in chunks
-        if c.doc_id not in data.documents or data.documents[c.doc_id].text[c.start : c.end] != c.text
-    ]
-    if shifted:
-        problems.append(f"{len(shifted)} chunk(s) whose offsets do not reproduce their text (first: {shifted[0]})")
-    dangling = [c.chunk_id for c in chunks if c.duplicate_of is not None and c.duplicate_of not in ids]
-    if dangling:
-        problems.append(f"{len(dangling)} chunk(s) copying a chunk that is not in the index (first: {dangling[0]})")
-    return problems
-
-
-# One validation call per file, not per line: a third of the time of loading a segment.
-CHUNK_LIST = TypeAdapter(list[Chunk])
-DOCUMENT_LIST = TypeAdapter(list[Document])
-
-
-def _parse_lines(adapter: TypeAdapter, path: Path) -> list:
-    """The records of a JSON-lines file."""
-    return adapter.validate_json("[" + ",".join(line.rstrip("\n") for line in _read_lines(path)) + "]")
-
-
-def _read_lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield line
+def _read_chunks(path: Path) -> list[Chunk]:
+    """The chunks of a (small) JSON-lines file."""
+    with path.open("rb") as handle:
+        return [Chunk.model_validate_json(line) for line in handle if line.strip()]
 
 
 @contextmanager
@@ -374,13 +228,9 @@ def write_generation(
                 (staging / path).parent.mkdir(parents=True, exist_ok=True)
                 os.link(previous / path, staging / path)
                 records[path] = record
-        for segment in new:
-            _write_segment(staging / segment.name, segment)
+        written = [path for segment in new for path in segment.write(staging / segment.name)]
         _write_text(staging / ANNOTATIONS, "".join(c.model_dump_json() + "\n" for c in annotations))
-        written = [
-            staging / ANNOTATIONS,
-            *(p for segment in new for p in (staging / segment.name).rglob("*") if p.is_file()),
-        ]
+        written.append(staging / ANNOTATIONS)
         records.update((path.relative_to(staging).as_posix(), file_record(path)) for path in written)
         manifest = manifest.model_copy(update={"files": dict(sorted(records.items()))})
         _write_text(staging / MANIFEST, manifest.model_dump_json(indent=2))
@@ -396,17 +246,6 @@ def write_generation(
         shutil.rmtree(discard, ignore_errors=True)
     _collect_garbage(index_dir, keep=name)
     return index_dir / name
-
-
-def _write_segment(folder: Path, segment: Segment) -> None:
-    folder.mkdir(parents=True)
-    _write_text(folder / "documents.jsonl", "".join(d.model_dump_json() + "\n" for d in segment.documents.values()))
-    _write_text(folder / "chunks.jsonl", "".join(c.model_dump_json() + "\n" for c in segment.chunks))
-    _write_text(folder / "embedding_keys.json", json.dumps(segment.embedding_keys))
-    with (folder / "vectors.npy").open("wb") as handle:
-        np.save(handle, segment.vectors)
-    save_dense_index(segment.dense, folder / "dense.faiss")
-    save_lexical_index(segment.lexical, folder / "bm25")
 
 
 def new_segment_name() -> str:
@@ -446,30 +285,34 @@ def _collect_garbage(index_dir: Path, keep: str) -> None:
 
 class FaissBm25Writer:
     """The embedded `StoreWriter`: the current generation (or, when it is damaged, the newest
-    sound one before it) opened for one update; `apply` publishes the next generation."""
+    sound one before it) opened for one update; `apply` publishes the next generation.
+    `verify`: check every chunk on opening (a whole-corpus sync costs that anyway), so that
+    damage the checksums cannot see is recovered from too; otherwise chunks are checked as
+    the update reads them."""
 
-    def __init__(self, index_dir: Path, index_settings: IndexSettings):
+    def __init__(self, index_dir: Path, index_settings: IndexSettings, verify: bool = False):
         self.index_dir = index_dir
         self.index_settings = index_settings
+        self.verify = verify
         self.problems: list[str] = []
         # A damaged current generation, deleted once its successor is published.
         self._damaged: Path | None = None
         # The generation `data` was read from: kept segments are linked from it.
         self._generation: Path | None = None
         self.data = self._open()
-        self._row_of_key = {
-            key: offset + row
-            for segment, live, offset in (
-                zip(self.data.segments, self.data.live, self.data.offsets) if self.data else ()
-            )
-            for row, key in enumerate(segment.embedding_keys)
-            if live[row]
-        }
+
+    def _read(self, generation: Path) -> IndexData:
+        data = read_generation(generation)
+        if self.verify:
+            data.verify_all()
+        return data
 
     def _open(self) -> IndexData | None:
         try:
             self._generation = current_generation(self.index_dir)
-            return read_index(self.index_dir)
+            if self._generation is None:
+                read_index(self.index_dir)  # raises: missing, or a pointer to nothing
+            return self._read(self._generation)
         except IndexMissingError:
             return None
         except IncompatibleIndexError as exc:
@@ -486,7 +329,7 @@ class FaissBm25Writer:
             if generation == self._damaged:
                 continue
             try:
-                data = read_generation(generation)
+                data = self._read(generation)
             except (IndexDamagedError, IncompatibleIndexError):
                 continue
             self.problems.append(f"{damage.summary}; rebuilt from the previous generation {generation.name}")
@@ -500,11 +343,20 @@ class FaissBm25Writer:
         return self.data.manifest if self.data else None
 
     @property
-    def documents(self) -> dict[str, Document]:
+    def documents(self) -> Mapping[str, Document]:
         return self.data.documents if self.data else {}
 
     def chunks_of(self, doc_id: str) -> list[Chunk]:
-        return [self.data.row_chunks[row] for row in self.data.doc_rows.get(doc_id, [])] if self.data else []
+        return [self.data.row_chunk(row) for row in self.data.rows_of(doc_id)] if self.data else []
+
+    @cached_property
+    def _row_of_key(self) -> dict[str, int]:
+        """Embedding key -> global row, over the live rows."""
+        found: dict[str, int] = {}
+        for segment, live, offset in zip(self.data.segments, self.data.live, self.data.offsets) if self.data else ():
+            keys = segment.embedding_keys
+            found.update((keys[row], int(offset) + row) for row in np.flatnonzero(live).tolist())
+        return found
 
     def vectors_for(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
         return {key: self.data.vector(self._row_of_key[key]) for key in keys if key in self._row_of_key}
@@ -515,9 +367,11 @@ class FaissBm25Writer:
         previous = None if changes.replace_all else self.data
         gone = set(changes.removed) | {rows.document.doc_id for rows in changes.upserted}
         segments = list(previous.segments) if previous else []
-        deleted = {name: set(ids) for name, ids in previous.manifest.deleted.items()} if previous else {}
-        for segment in segments:
-            deleted.setdefault(segment.name, set()).update(gone & set(segment.documents))
+        deleted = {name: set(ids) for name, ids in previous.deleted.items()} if previous else {}
+        for doc_id in gone:
+            segment = previous.segment_of(doc_id) if previous else None
+            if segment is not None:
+                deleted.setdefault(segment.name, set()).add(doc_id)
         annotations = (
             {c: chunk for c, chunk in previous.annotations.items() if chunk.doc_id not in gone} if previous else {}
         )
@@ -548,9 +402,9 @@ class FaissBm25Writer:
             key=lambda r: (r[0].doc_id, r[0].start),
         )
         vectors = np.array([r[2] for r in rows], dtype=np.float32).reshape(len(rows), changes.manifest.dimension)
-        return Segment(
+        return Segment.build(
             name=new_segment_name(),
-            documents={u.document.doc_id: u.document for u in upserted},
+            documents=[u.document for u in upserted],
             chunks=[r[0] for r in rows],
             vectors=vectors,
             embedding_keys=[r[3] for r in rows],
@@ -563,24 +417,16 @@ class FaissBm25Writer:
     ) -> tuple[list[Segment], list[Segment]]:
         """The segments after merging, if due, and the merged ones; merged rows take their
         annotations, so those leave `annotations`."""
-        rows = sum(len(s.chunks) for s in segments)
-        dead = sum(sum(c.doc_id in deleted.get(s.name, ()) for c in s.chunks) for s in segments)
-        if rows and dead > MAX_DELETED_SHARE * rows:
+        dead_rows = {s.name: s.rows_of(deleted.get(s.name, ())) for s in segments}
+        rows = sum(len(s) for s in segments)
+        if rows and sum(len(dead) for dead in dead_rows.values()) > MAX_DELETED_SHARE * rows:
             chosen = segments
         elif len(segments) > MAX_SEGMENTS:
             chosen = segments[1:]
         else:
             return segments, []
         # Rows in segment order: each document's rows stay together and in start order.
-        live = [
-            (
-                s,
-                np.array(
-                    [i for i, c in enumerate(s.chunks) if c.doc_id not in deleted.get(s.name, ())], dtype=np.int64
-                ),
-            )
-            for s in chosen
-        ]
+        live = [(s, np.setdiff1d(np.arange(len(s)), dead_rows[s.name])) for s in chosen]
         picked = [(s, i) for s, keep in live for i in keep.tolist()]
         dimension = chosen[0].vectors.shape[1]
         vectors = (
@@ -588,10 +434,13 @@ class FaissBm25Writer:
             if picked
             else np.zeros((0, dimension), np.float32)
         )
-        merged = Segment(
+        chunks = [s.chunk(i) for s, i in picked]
+        merged = Segment.build(
             name=new_segment_name(),
-            documents={d: doc for s in chosen for d, doc in s.documents.items() if d not in deleted.get(s.name, ())},
-            chunks=[annotations.pop(s.chunks[i].chunk_id, s.chunks[i]) for s, i in picked],
+            documents=[
+                s.document(j) for s in chosen for j, d in enumerate(s.doc_ids) if d not in deleted.get(s.name, ())
+            ],
+            chunks=[annotations.pop(c.chunk_id, c) for c in chunks],
             vectors=vectors,
             embedding_keys=[s.embedding_keys[i] for s, i in picked],
             dense=build_dense_index(vectors, self.index_settings),
@@ -604,10 +453,10 @@ class FaissBm25Writer:
 
 
 @contextmanager
-def open_writer(index_dir: Path, index_settings: IndexSettings) -> Iterator[FaissBm25Writer]:
+def open_writer(index_dir: Path, index_settings: IndexSettings, verify: bool = False) -> Iterator[FaissBm25Writer]:
     """The index in `index_dir` opened for one update, under the writer lock."""
     with writer_lock(index_dir):
-        yield FaissBm25Writer(index_dir, index_settings)
+        yield FaissBm25Writer(index_dir, index_settings, verify)
 
 
 class FaissBm25Store:
@@ -619,7 +468,6 @@ class FaissBm25Store:
         self.data = data
         self.settings = settings
         self.index_settings = index_settings
-        self._row_of = {data.row_chunks[row].chunk_id: row for row in data.live_rows}
         # Deleted rows are skipped by FAISS through a bitmap, by BM25 through the mask.
         self._selectors = [None if live.all() else live_selector(live) for live in data.live]
         self._lexical_parts = [
@@ -637,51 +485,47 @@ class FaissBm25Store:
 
     @property
     def chunk_total(self) -> int:
-        return len(self._row_of)
+        return self.data.live_count
 
     @property
     def distinct_chunks(self) -> int:
         return self.data.manifest.canonical_chunks
 
     def chunk(self, chunk_id: str) -> Chunk:
-        return self.data.row_chunks[self._row_of[chunk_id]]
+        row = self.data.row_of(chunk_id)
+        if row is None:
+            raise KeyError(chunk_id)
+        return self.data.row_chunk(row)
 
     def chunk_counts(self) -> dict[str, ChunkCounts]:
-        chunks = self.data.row_chunks
+        data = self.data
         return {
-            doc_id: ChunkCounts(len(rows), sum(chunks[r].duplicate_of is not None for r in rows))
-            for doc_id, rows in ((d, self.data.doc_rows.get(d, [])) for d in self.data.documents)
+            doc_id: ChunkCounts(len(data.rows_of(doc_id)), data.duplicate_count(doc_id)) for doc_id in data.documents
         }
-
-    def _order(self, row: int) -> tuple[str, int]:
-        chunk = self.data.row_chunks[row]
-        return chunk.doc_id, chunk.start
 
     def _dense(self, vector: np.ndarray, depth: int, allowed: np.ndarray | None) -> tuple[list[int], dict[int, float]]:
         found: dict[int, float] = {}
         for segment, offset, selector in zip(self.data.segments, self.data.offsets, self._selectors):
             local = None
             if allowed is not None:
-                local = allowed[(allowed >= offset) & (allowed < offset + len(segment.chunks))] - offset
+                local = allowed[(allowed >= offset) & (allowed < offset + len(segment))] - offset
                 if len(local) == 0:
                     continue
             scores, rows = search_dense(
                 segment.dense, vector, depth, self.index_settings, local, selector, segment.vectors
             )
             found.update(zip((rows + offset).tolist(), map(float, scores)))
-        ordered = sorted(found, key=lambda r: (-found[r], self._order(r)))[:depth]
+        ordered = sorted(found, key=lambda r: (-found[r], self.data.order(r)))[:depth]
         return ordered, found
 
     def search(
         self, query: str, vector: np.ndarray | None, mode: SearchMode, depth: int, doc_ids: list[str] | None
     ) -> list[Candidate]:
         allowed = (
-            np.array(sorted({r for d in doc_ids for r in self.data.doc_rows.get(d, [])}), dtype=np.int64)
-            if doc_ids
-            else None
+            np.array(sorted({r for d in doc_ids for r in self.data.rows_of(d)}), dtype=np.int64) if doc_ids else None
         )
         size = self.data.total_rows
-        if not self._row_of or (allowed is not None and len(allowed) == 0):
+        if not self.data.live_count or (allowed is not None and len(allowed) == 0):
             return []
         bm25 = bm25_scores(query, self._lexical_parts, size) if mode != "dense" else None
         if bm25 is not None and allowed is not None:
@@ -693,10 +537,10 @@ class FaissBm25Store:
             dense_rows, dense_scores = self._dense(vector, depth, allowed)
             rankings.append((dense_rows, self.settings.dense_weight))
         if bm25 is not None:
-            rankings.append((top_rows(bm25, depth, self._order), self.settings.bm25_weight))
+            rankings.append((top_rows(bm25, depth, self.data.order), self.settings.bm25_weight))
         if mode == "hybrid":
             fused = rrf_fuse(rankings, self.settings.rrf_k)
-            ordered = sorted(fused, key=lambda r: (-fused[r], self._order(r)))
+            ordered = sorted(fused, key=lambda r: (-fused[r], self.data.order(r)))
             scores = fused
         elif mode == "dense":
             ordered = rankings[0][0]
@@ -706,7 +550,7 @@ class FaissBm25Store:
             scores = {r: float(bm25[r]) for r in ordered}
         return [
             Candidate(
-                chunk=self.data.row_chunks[row],
+                chunk=self.data.row_chunk(row),
                 score=float(scores[row]),
                 dense_score=float(self.data.vector(row) @ vector) if vector is not None else None,
                 bm25_score=float(bm25[row]) if bm25 is not None else None,
