@@ -92,9 +92,9 @@ class IndexSettings(Section):
     dir: Path = Field(
         Path("index"), description="Index folder: generations of the index and the pointer to the current one."
     )
-    faiss_type: Literal["flat", "hnsw", "hnsw-sq8", "ivf", "ivf-sq8", "ivf-pq"] = Field(
-        "flat",
-        description="flat = exact inner product; hnsw / ivf = approximate, for large collections; -sq8 / -pq: vectors compressed to one byte per dimension / ivf_pq_m bytes (bench/RESULTS.md).",
+    faiss_type: Literal["auto", "flat", "hnsw", "hnsw-sq8", "ivf", "ivf-sq8", "ivf-pq"] = Field(
+        "auto",
+        description="flat = exact inner product; hnsw / ivf = approximate, for large collections; -sq8 / -pq: vectors compressed to one byte per dimension / ivf_pq_m bytes; auto = flat for segments up to 100,000 passages, ivf-sq8 above (bench/RESULTS.md).",
     )
     hnsw_m: int = Field(32, description="HNSW graph degree (faiss_type hnsw).")
     hnsw_ef_search: int = Field(128, description="HNSW search breadth (faiss_type hnsw); at least k is used.")

@@ -9,7 +9,7 @@ import pytest
 from rag.config import Settings
 from rag.schema import Chunk, Document
 from rag.stores.base import Changes, DocumentRows, Manifest, new_manifest_time, package_versions
-from rag.stores.faiss_bm25.dense import PQ_TRAINING_POINTS
+from rag.stores.faiss_bm25.dense import AUTO_EXACT_ROWS, PQ_TRAINING_POINTS, factory_string
 from rag.stores.faiss_bm25.store import FaissBm25Store, open_writer, read_index
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def vectors() -> np.ndarray:
     return found / np.linalg.norm(found, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("faiss_type", ["flat", "hnsw", "hnsw-sq8", "ivf", "ivf-sq8", "ivf-pq"])
+@pytest.mark.parametrize("faiss_type", ["auto", "flat", "hnsw", "hnsw-sq8", "ivf", "ivf-sq8", "ivf-pq"])
 def test_each_faiss_type_finds_filters_and_forgets(tmp_path, vectors, faiss_type) -> None:
     settings = Settings().replace(index={"dir": tmp_path / "index", "faiss_type": faiss_type})
     docs = DOCS.get(faiss_type, 150)
@@ -82,6 +82,7 @@ def test_each_faiss_type_finds_filters_and_forgets(tmp_path, vectors, faiss_type
     assert (
         index_class
         == {
+            "auto": "IndexFlatIP",  # a segment this small is searched exactly
             "flat": "IndexFlatIP",
             "hnsw": "IndexHNSWFlat",
             "hnsw-sq8": "IndexHNSWSQ",
@@ -115,3 +116,13 @@ def test_each_faiss_type_finds_filters_and_forgets(tmp_path, vectors, faiss_type
     store = FaissBm25Store(read_index(settings.index.dir), settings.retrieval, settings.index)
     assert all(c.chunk.doc_id != removed for c in store.search("harbour report", query, "hybrid", 50, None))
     assert store.search("", query, "dense", 10, [removed]) == []
+
+
+def test_auto_searches_small_segments_exactly_and_large_ones_with_ivf_sq8() -> None:
+    settings = Settings().index
+    assert settings.faiss_type == "auto"
+    assert factory_string(settings, AUTO_EXACT_ROWS, DIMENSION) is None
+    assert factory_string(settings, AUTO_EXACT_ROWS + 1, DIMENSION) == factory_string(
+        settings.model_copy(update={"faiss_type": "ivf-sq8"}), AUTO_EXACT_ROWS + 1, DIMENSION
+    )
+    assert factory_string(settings, 1_000_000, DIMENSION).endswith(",SQ8")

@@ -16,14 +16,19 @@ from rag.config import IndexSettings
 IVF_POINTS_PER_LIST = 39
 # PQ trains 256 centroids per sub-vector, on about as many points each.
 PQ_TRAINING_POINTS = 256 * IVF_POINTS_PER_LIST
+# faiss_type "auto": a segment up to this many rows is searched exactly (flat), a larger one
+# with ivf-sq8: the fastest types that kept recall@10 >= 0.95 at those sizes (bench/RESULTS.md).
+AUTO_EXACT_ROWS = 100_000
 # A doc-id filter this selective is searched exactly over its rows: an approximate index
 # searched with a selector visits only some lists or graph nodes and may miss all of them.
 EXACT_FILTER_ROWS = 20_000
 
 
-def _factory(settings: IndexSettings, n: int, dim: int) -> str | None:
+def factory_string(settings: IndexSettings, n: int, dim: int) -> str | None:
     """The FAISS index_factory string for `n` vectors, None for exact search."""
     kind = settings.faiss_type
+    if kind == "auto":
+        kind = "flat" if n <= AUTO_EXACT_ROWS else "ivf-sq8"
     if kind.startswith("hnsw"):
         return f"HNSW{settings.hnsw_m}" + ("_SQ8" if kind == "hnsw-sq8" else ",Flat")
     if kind.startswith("ivf") and n >= IVF_POINTS_PER_LIST * 2 and (kind != "ivf-pq" or n >= PQ_TRAINING_POINTS):
@@ -36,7 +41,7 @@ def _factory(settings: IndexSettings, n: int, dim: int) -> str | None:
 
 def build_dense_index(vectors: np.ndarray, settings: IndexSettings) -> faiss.Index:
     n, dim = vectors.shape
-    factory = _factory(settings, n, dim)
+    factory = factory_string(settings, n, dim)
     if factory is None:
         index = faiss.IndexFlatIP(dim)
     else:
