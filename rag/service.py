@@ -21,6 +21,7 @@ from rag.errors import (
     PayloadTooLargeError,
     UnknownDocumentError,
 )
+from rag.ingest.incremental import HeldState
 from rag.ingest.loading import SUPPORTED_LIST, SUPPORTED_SUFFIXES, LoadReport, load_file
 from rag.ingest.pipeline import EmbedProgress, IndexReport, update_index
 from rag.llm.local import LocalModel
@@ -47,6 +48,8 @@ class RagService:
         self._retriever: Retriever | None = None
         self._answerer: Answerer | None = None
         self._local_model: LocalModel | None = None
+        # The incremental ingest state between this service's updates, written when it closes.
+        self._held_state = HeldState()
         # Called with every finished answer (the server's metrics listen here).
         self.answer_observers: list[Callable[[AnswerResponse], None]] = []
 
@@ -61,6 +64,7 @@ class RagService:
         started. The service stays usable: a later use loads them again (and a later answer
         starts a new server, which another close() stops)."""
         self._reset()
+        self._held_state.flush()
         with self._lock:
             local_model, self._local_model = self._local_model, None
         if local_model is not None:
@@ -160,6 +164,7 @@ class RagService:
                 embedder_factory=lambda: self.embedder,
                 progress=progress,
                 documents=documents,
+                held_state=self._held_state,
             )
         if report.written:
             self._reset()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -198,7 +198,7 @@ class DaskEngine:
                 done(i)
         return results
 
-    def chunks(self, docs: dict[str, Document], settings: Settings) -> list[Chunk]:
+    def chunks(self, docs: MutableMapping[str, Document], settings: Settings) -> list[Chunk]:
         size = settings.ingest.task_size
         self._timer = time.perf_counter()
         batches = self.client.scatter(_batches([docs[d] for d in sorted(docs)], size))

@@ -273,3 +273,28 @@ def save_state(index_dir: Path, state: IngestState) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, index_dir / STATE_FILE)
+
+
+@dataclass
+class HeldState:
+    """An ingest state held in memory between the updates of one long-running process (`rag
+    serve`), so that an update neither reads nor writes `ingest-state.pkl` (large for a large
+    corpus); `flush` writes it, as the service does when it closes."""
+
+    index_dir: Path | None = None
+    state: IngestState | None = None
+
+    def take(self, index_dir: Path, key: str) -> IngestState | None:
+        """The state for `key`: the one held, else the saved one. The held one is given up: an
+        update that fails after changing it must not leave it behind."""
+        held, self.state = self.state, None
+        if held is not None and held.key == key and self.index_dir == index_dir:
+            return held
+        return load_state(index_dir, key)
+
+    def keep(self, index_dir: Path, state: IngestState) -> None:
+        self.index_dir, self.state = index_dir, state
+
+    def flush(self) -> None:
+        if self.state is not None and self.index_dir is not None:
+            save_state(self.index_dir, self.state)

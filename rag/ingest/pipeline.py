@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +25,7 @@ from rag.errors import BadInputError
 from rag.ingest.chunking import chunk_document
 from rag.ingest.cleaning import clean_document, heading_title
 from rag.ingest.dedup import group_duplicates
-from rag.ingest.incremental import IngestState, load_state, new_state, save_state, state_key
+from rag.ingest.incremental import HeldState, IngestState, load_state, new_state, save_state, state_key
 from rag.ingest.loading import load_paths
 from rag.schema import Block, Chunk, Document, short_title
 from rag.stores import open_writer
@@ -66,17 +66,81 @@ class IndexReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def corpus_fingerprint(documents: dict[str, Document]) -> str:
-    digest = hashlib.sha256()
-    for doc_id in sorted(documents):
-        digest.update(f"{doc_id}\0{documents[doc_id].sha256}\n".encode())
-    return digest.hexdigest()
+FINGERPRINT_PREFIX = "sum256:"
+
+
+def _fingerprint_term(doc_id: str, sha256: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{doc_id}\0{sha256}".encode()).digest(), "big")
+
+
+def corpus_fingerprint(documents: Mapping[str, Document]) -> str:
+    """Which documents the index holds, in which versions: a sum of one hash per document, so
+    that an update changes it by its own documents alone (`updated_fingerprint`)."""
+    total = sum(_fingerprint_term(doc_id, doc.sha256) for doc_id, doc in documents.items())
+    return f"{FINGERPRINT_PREFIX}{total % 2**256:064x}"
+
+
+def updated_fingerprint(
+    before: str, removed: Iterable[tuple[str, str]], added: Iterable[tuple[str, str]]
+) -> str | None:
+    """`before` less the (doc_id, sha256) `removed`, plus those `added`; None when `before`
+    is not a sum (an index from before sums, fingerprinted again from all its documents)."""
+    if not before.startswith(FINGERPRINT_PREFIX):
+        return None
+    total = int(before.removeprefix(FINGERPRINT_PREFIX), 16)
+    total -= sum(_fingerprint_term(*pair) for pair in removed)
+    total += sum(_fingerprint_term(*pair) for pair in added)
+    return f"{FINGERPRINT_PREFIX}{total % 2**256:064x}"
+
+
+class CorpusView(MutableMapping[str, Document]):
+    """The documents after an update: the stored ones (read only when asked for) with this
+    update's additions, replacements and removals on top. Only the `touched` doc ids can
+    differ from the store, so an update of one document never reads every document."""
+
+    def __init__(self, stored: Mapping[str, Document]):
+        self.stored = stored
+        self.changed: dict[str, Document] = {}
+        self.removed: set[str] = set()
+
+    def __getitem__(self, doc_id: str) -> Document:
+        if doc_id in self.changed:
+            return self.changed[doc_id]
+        if doc_id in self.removed:
+            raise KeyError(doc_id)
+        return self.stored[doc_id]
+
+    def __setitem__(self, doc_id: str, doc: Document) -> None:
+        self.changed[doc_id] = doc
+        self.removed.discard(doc_id)
+
+    def __delitem__(self, doc_id: str) -> None:
+        if doc_id not in self:
+            raise KeyError(doc_id)
+        self.changed.pop(doc_id, None)
+        if doc_id in self.stored:
+            self.removed.add(doc_id)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self.changed or (doc_id in self.stored and doc_id not in self.removed)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (d for d in self.stored if d not in self.removed)
+        yield from (d for d in self.changed if d not in self.stored)
+
+    def __len__(self) -> int:
+        return len(self.stored) - len(self.removed) + sum(d not in self.stored for d in self.changed)
+
+    @property
+    def touched(self) -> list[str]:
+        """Every doc id this update added, replaced or removed, sorted."""
+        return sorted({*self.changed, *self.removed})
 
 
 class IngestEngine(Protocol):
     """Where the cleaning, chunking and near-copy stages run (rag.ingest.cluster: on Dask)."""
 
-    def chunks(self, docs: dict[str, Document], settings: Settings) -> list[Chunk]:
+    def chunks(self, docs: MutableMapping[str, Document], settings: Settings) -> list[Chunk]:
         """Every document's chunks in doc id order; an untitled document takes its heading's
         title (`docs` is updated in place)."""
 
@@ -108,9 +172,12 @@ def update_index(
     progress: EmbedProgress | None = None,
     documents: list[Document] | None = None,
     engine: IngestEngine | None = None,
+    held_state: HeldState | None = None,
 ) -> IndexReport:
     """Sync the index with `paths` (folders are mirrored, deletions included; files are added
-    or updated), drop the `remove` doc ids, and add ready-made `documents` (benchmarks)."""
+    or updated), drop the `remove` doc ids, and add ready-made `documents` (benchmarks).
+    `held_state`: keep the incremental ingest state in memory between updates instead of in
+    its file (a server)."""
     index_dir = settings.index.dir
     report = IndexReport(index_dir=str(index_dir))
     clock = time.perf_counter()
@@ -121,8 +188,8 @@ def update_index(
             report.rebuilt_because.append("--rebuild")
         report.rebuilt_because.extend(store.problems)
         reusable = store.manifest is not None and not rebuild
-        old_docs = dict(store.documents) if reusable else {}
-        docs = dict(old_docs)
+        old_docs = store.documents if reusable else {}
+        docs = CorpusView(old_docs)
 
         loaded: list[Document] = list(documents or [])
         if paths:
@@ -153,7 +220,7 @@ def update_index(
             del docs[doc_id]
         if paths and not docs:
             raise BadInputError("no readable documents in " + ", ".join(map(str, paths)))
-        report.removed = sorted(set(old_docs) - set(docs))
+        report.removed = sorted(docs.removed)
         report.unchanged = len(docs) - len(report.added) - len(report.updated)
         report.seconds["load"] = time.perf_counter() - clock
 
@@ -169,11 +236,23 @@ def update_index(
 
         replace_all = bool(report.rebuilt_because) or store.manifest is None
         changes, state = _changes(
-            settings, docs, store, replace_all, rebuild, fingerprint, embedder_factory, progress, report, engine
+            settings,
+            docs,
+            store,
+            replace_all,
+            rebuild,
+            fingerprint,
+            embedder_factory,
+            progress,
+            report,
+            engine,
+            held_state,
         )
         clock = time.perf_counter()
         store.apply(changes)
-        if state is not None:
+        if state is not None and held_state is not None:
+            held_state.keep(index_dir, state)
+        elif state is not None:
             save_state(index_dir, state)
         report.seconds["write"] = time.perf_counter() - clock
         report.written = True
@@ -195,7 +274,7 @@ class _Rows:
 
 def _changes(
     settings: Settings,
-    docs: dict[str, Document],
+    docs: CorpusView,
     store: StoreWriter,
     replace_all: bool,
     rebuild: bool,
@@ -204,16 +283,16 @@ def _changes(
     progress: EmbedProgress | None,
     report: IndexReport,
     engine: IngestEngine | None,
+    held_state: HeldState | None,
 ) -> tuple[Changes, IngestState | None]:
     """What the update changes, per document, with the vectors of every new chunk; and the
     ingest state after it."""
     rows = (
         _engine_rows(settings, docs, store, replace_all, report, engine)
         if engine is not None
-        else _incremental_rows(settings, docs, store, replace_all, report)
+        else _incremental_rows(settings, docs, store, replace_all, report, held_state)
     )
     upserted, rows_of, annotated = sorted(rows.rows_of), rows.rows_of, rows.annotated
-    stored = {} if replace_all else store.documents
     texts = {
         doc_id: [embedding_text(c, docs[doc_id], settings.embedding.include_title) for c in rows_of[doc_id]]
         for doc_id in upserted
@@ -235,7 +314,7 @@ def _changes(
         cleaning=settings.cleaning,
         faiss_type=settings.index.faiss_type,
         dedup_threshold=settings.index.dedup_threshold,
-        corpus_fingerprint=corpus_fingerprint(docs),
+        corpus_fingerprint=_corpus_fingerprint(docs, store, replace_all),
         documents=len(docs),
         chunks=report.chunks,
         canonical_chunks=report.canonical_chunks,
@@ -250,7 +329,7 @@ def _changes(
             DocumentRows(docs[doc_id], rows_of[doc_id], texts[doc_id], vectors[offset : offset + n], keys[doc_id])
         )
         offset += n
-    removed = sorted(set(stored) - set(docs))
+    removed = [] if replace_all else sorted(docs.removed)
     changes = Changes(
         upserted=written, removed=removed, annotated=annotated, manifest=manifest, replace_all=replace_all
     )
@@ -258,7 +337,12 @@ def _changes(
 
 
 def _incremental_rows(
-    settings: Settings, docs: dict[str, Document], store: StoreWriter, replace_all: bool, report: IndexReport
+    settings: Settings,
+    docs: CorpusView,
+    store: StoreWriter,
+    replace_all: bool,
+    report: IndexReport,
+    held_state: HeldState | None,
 ) -> _Rows:
     """Only documents whose text changed, and those whose cleaning a change of boilerplate
     lines reaches, are cleaned and chunked again; only the near-copy groups touching a changed
@@ -268,10 +352,12 @@ def _incremental_rows(
     if replace_all:
         state = new_state(settings, key="")
     else:
-        state = load_state(settings.index.dir, state_key(settings, store.manifest.corpus_fingerprint))
+        key = state_key(settings, store.manifest.corpus_fingerprint)
+        state = held_state.take(settings.index.dir, key) if held_state else load_state(settings.index.dir, key)
         state = state or _state_from_store(settings, store)
-    text_changed = [d for d in docs if d not in stored or stored[d].sha256 != docs[d].sha256]
-    gone = [d for d in stored if d not in docs or stored[d].sha256 != docs[d].sha256]
+    candidates = list(docs) if replace_all else docs.touched
+    text_changed = [d for d in candidates if d in docs and (d not in stored or stored[d].sha256 != docs[d].sha256)]
+    gone = [d for d in candidates if d in stored and (d not in docs or stored[d].sha256 != docs[d].sha256)]
     # PDF and Word documents come with their reader's blocks: line statistics are for pages.
     recleaned = state.lines.update(gone, [docs[d] for d in text_changed if docs[d].blocks is None])
     state.heading_titles.difference_update(gone)
@@ -316,7 +402,7 @@ def _incremental_rows(
     }
     report.seconds["dedup"] = time.perf_counter() - clock
 
-    upserted = sorted({*new_chunks, *(d for d in stored if d in docs and docs[d] != stored[d])})
+    upserted = sorted({*new_chunks, *(d for d in candidates if d in stored and d in docs and docs[d] != stored[d])})
     rows_of = {
         doc_id: [
             grouped.get(c.chunk_id, c)
@@ -339,7 +425,7 @@ def _incremental_rows(
 
 def _engine_rows(
     settings: Settings,
-    docs: dict[str, Document],
+    docs: CorpusView,
     store: StoreWriter,
     replace_all: bool,
     report: IndexReport,
@@ -371,6 +457,21 @@ def _engine_rows(
             annotated.extend(new for new, was in zip(doc_chunks, old) if new != was)
     # The saved incremental state no longer describes the index: the next local run rebuilds it.
     return _Rows(rows_of, annotated, len(chunks), sum(c.duplicate_of is None for c in chunks), None)
+
+
+def _corpus_fingerprint(docs: CorpusView, store: StoreWriter, replace_all: bool) -> str:
+    """The fingerprint after the update: the stored one moved by the touched documents."""
+    if not replace_all and store.manifest is not None:
+        stored = docs.stored
+        changed = [d for d in docs.touched if d not in docs or d not in stored or docs[d].sha256 != stored[d].sha256]
+        updated = updated_fingerprint(
+            store.manifest.corpus_fingerprint,
+            [(d, stored[d].sha256) for d in changed if d in stored],
+            [(d, docs[d].sha256) for d in changed if d in docs],
+        )
+        if updated is not None:
+            return updated
+    return corpus_fingerprint(docs)
 
 
 def _stored_chunks(store: StoreWriter, chunk_ids: set[str]) -> dict[str, Chunk]:

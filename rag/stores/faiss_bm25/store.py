@@ -28,7 +28,6 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -150,9 +149,26 @@ def _read_manifest(generation: Path) -> GenerationManifest:
         raise IndexDamagedError(str(generation), [f"{MANIFEST} does not fit the format"]) from None
 
 
+# Checksums this process has taken, by (device, inode): (size, mtime_ns, checksum). A segment's
+# files are linked, never rewritten, into later generations, so opening the index again after an
+# update hashes only the new segment. A file written in place gets a new mtime and is hashed
+# again; damage that keeps size and mtime (bit rot) shows at the next process's first load.
+_HASHED: dict[tuple[int, int], tuple[int, int, str]] = {}
+_HASHED_MAX = 100_000
+
+
 def file_checksum(path: Path) -> str:
+    stat = path.stat()
+    key, seen = (stat.st_dev, stat.st_ino), (stat.st_size, stat.st_mtime_ns)
+    known = _HASHED.get(key)
+    if known is not None and known[:2] == seen:
+        return known[2]
     with path.open("rb") as handle:
-        return hashlib.file_digest(handle, xxhash.xxh3_128).hexdigest()
+        checksum = hashlib.file_digest(handle, xxhash.xxh3_128).hexdigest()
+    if len(_HASHED) >= _HASHED_MAX:
+        _HASHED.clear()
+    _HASHED[key] = (*seen, checksum)
+    return checksum
 
 
 def file_record(path: Path) -> FileRecord:
@@ -349,17 +365,13 @@ class FaissBm25Writer:
     def chunks_of(self, doc_id: str) -> list[Chunk]:
         return [self.data.row_chunk(row) for row in self.data.rows_of(doc_id)] if self.data else []
 
-    @cached_property
-    def _row_of_key(self) -> dict[str, int]:
-        """Embedding key -> global row, over the live rows."""
-        found: dict[str, int] = {}
-        for segment, live, offset in zip(self.data.segments, self.data.live, self.data.offsets) if self.data else ():
-            keys = segment.embedding_keys
-            found.update((keys[row], int(offset) + row) for row in np.flatnonzero(live).tolist())
-        return found
-
     def vectors_for(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
-        return {key: self.data.vector(self._row_of_key[key]) for key in keys if key in self._row_of_key}
+        wanted, found = set(keys), {}
+        for segment, live, offset in zip(self.data.segments, self.data.live, self.data.offsets) if self.data else ():
+            for row, key in enumerate(segment.embedding_keys):
+                if key in wanted and key not in found and live[row]:
+                    found[key] = self.data.vector(int(offset) + row)
+        return found
 
     def apply(self, changes: Changes) -> None:
         if changes.manifest is None:
