@@ -10,8 +10,9 @@ so BM25 sees a real vocabulary. Queries are real: ClapNQ dev questions embedded 
 Recall@10 is the dense top 10 of each type against exact search (flat) on the same vectors.
 
 Also measured on the same index: a restart (open the generation: checksums, counts, arrays
-mapped; then the store and a first search) and one document uploaded through the store's
-writer (open, apply, open the new generation)."""
+mapped; then the store and a first search), and one-document uploads through the whole
+pipeline (`update_index`, as `rag serve` runs it: the ingest state held in memory; the first
+upload builds that state from the stored documents, as after a server restart)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ import numpy as np
 from run_all import BENCH_DIR, CACHE_DIR, markdown_table, write_section
 
 from rag.config import Settings
-from rag.embed.encoder import Embedder
+from rag.embed.encoder import Embedder, embedding_fingerprint
+from rag.ingest.incremental import HeldState
+from rag.ingest.pipeline import corpus_fingerprint, update_index
 from rag.schema import Chunk, Document
 from rag.stores.base import Changes, DocumentRows, Manifest, new_manifest_time, package_versions
 from rag.stores.faiss_bm25 import store as files_store
@@ -72,33 +75,45 @@ def derived(base: np.ndarray, texts: list[str], n: int) -> tuple[np.ndarray, lis
     return vectors.astype(np.float32), [f"{texts[p]} (variant {i})" for i, p in enumerate(picks[:, 0])]
 
 
-def derived_rows(vectors: np.ndarray, texts: list[str], first: int = 0) -> list[DocumentRows]:
+def derived_rows(vectors: np.ndarray, texts: list[str]) -> list[DocumentRows]:
     """One document of one passage per text, ids p0000000, p0000001, ..."""
     rows = []
-    for i, text in enumerate(texts, start=first):
+    for i, text in enumerate(texts):
         doc = Document(doc_id=f"p{i:07d}", path="derived", root="derived", text=text, sha256=str(i))
         chunk = Chunk(chunk_id=f"p{i:07d}:0-{len(text)}", doc_id=doc.doc_id, start=0, end=len(text), text=text)
-        rows.append(DocumentRows(doc, [chunk], [text], vectors[i - first : i - first + 1], [f"k{i}"]))
+        rows.append(DocumentRows(doc, [chunk], [text], vectors[i : i + 1], [f"k{i}"]))
     return rows
 
 
-def manifest(settings: Settings, n: int) -> Manifest:
+def manifest(settings: Settings, rows: list[DocumentRows]) -> Manifest:
+    """The manifest `update_index` would write for these settings, so that it updates the
+    derived index instead of rebuilding it."""
     return Manifest(
         created_at=new_manifest_time(),
         embedding_model=settings.embedding.model,
-        embedding_fingerprint="derived",
+        embedding_fingerprint=embedding_fingerprint(settings.embedding),
+        embedding_backend=settings.embedding.backend,
         dimension=384,
-        include_title=False,
+        include_title=settings.embedding.include_title,
         chunking=settings.chunking,
         cleaning=settings.cleaning,
-        faiss_type="flat",
+        faiss_type=settings.index.faiss_type,
         dedup_threshold=settings.index.dedup_threshold,
-        corpus_fingerprint=str(n),
-        documents=n,
-        chunks=n,
-        canonical_chunks=n,
+        corpus_fingerprint=corpus_fingerprint({r.document.doc_id: r.document for r in rows}),
+        documents=len(rows),
+        chunks=len(rows),
+        canonical_chunks=len(rows),
         versions=package_versions(),
     )
+
+
+# Uploaded documents: new text (no near-copy among the derived passages), two paragraphs.
+UPLOAD = (
+    "The lighthouse keeper of Hon Dau island reported that the new solar panels now supply all of "
+    "the station's power during the dry season, and that the batteries last through the night.\n\n"
+    "Engineers installed forty-two panels in {n} days; the diesel generator is kept as a reserve "
+    "for long stretches of cloudy weather, and the keeper logs its fuel every morning."
+)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -110,9 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--passages", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--types", default=",".join(TYPES), help="FAISS types to build, comma-separated")
+    parser.add_argument("--uploads", type=int, default=3, help="one-document uploads after the first")
+    parser.add_argument(
+        "--types", default=",".join(TYPES), help="FAISS types to build, comma-separated; ivf-sq8@64: with ivf_nprobe 64"
+    )
     args = parser.parse_args(argv)
-    types = args.types.split(",")
     base, texts = real_passages()
     vectors, passage_texts = derived(base, texts, args.passages)
     questions = [
@@ -122,18 +139,17 @@ def main(argv: list[str] | None = None) -> None:
     queries = np.stack([embedder.encode_query(q) for q in questions]).astype(np.float32)
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
-        settings = Settings()
-        settings = settings.model_copy(update={"index": settings.index.model_copy(update={"dir": Path(tmp) / "index"})})
+        settings = Settings().replace(index={"dir": Path(tmp) / "index"})
         # BM25 once, timed; the store's build below takes this very index instead of tokenizing again.
         clock, before = time.perf_counter(), rss_mib()
         lexical = build_lexical_index(passage_texts)
         bm25_build, bm25_rss = time.perf_counter() - clock, rss_mib() - before
-        # The corpus once (flat FAISS, BM25, chunks, documents) through the real writer.
-        load, clock = os.getloadavg()[0], time.perf_counter()
+        # The corpus once (FAISS as faiss_type says, BM25, chunks, documents) through the real writer.
+        build_load, clock = os.getloadavg()[0], time.perf_counter()
         files_store.build_lexical_index = lambda texts, built=lexical: built
         with open_writer(settings.index.dir, settings.index) as writer:
             upserted = derived_rows(vectors, passage_texts)
-            writer.apply(Changes(upserted=upserted, manifest=manifest(settings, args.passages)))
+            writer.apply(Changes(upserted=upserted, manifest=manifest(settings, upserted)))
         files_store.build_lexical_index = build_lexical_index
         del upserted, writer, lexical
         store_build = time.perf_counter() - clock
@@ -149,23 +165,31 @@ def main(argv: list[str] | None = None) -> None:
         FaissBm25Store(data, settings.retrieval, settings.index).search(questions[0], queries[0], "hybrid", 10, None)
         restart = time.perf_counter() - clock
         restart_rss = rss_mib() - before
-        # One more document through the writer: open it, apply, open the new generation.
-        upload_load, clock = os.getloadavg()[0], time.perf_counter()
-        with open_writer(settings.index.dir, settings.index) as writer:
-            writer_open = time.perf_counter() - clock
-            extra = derived_rows(vectors[:1], [f"{passage_texts[0]} (uploaded)"], first=args.passages)
-            writer.apply(Changes(upserted=extra, manifest=manifest(settings, args.passages + 1)))
-        applied = time.perf_counter() - clock
-        read_generation(current_generation(settings.index.dir))
-        upload = time.perf_counter() - clock
+
+        # Uploads through the pipeline, then the new generation opened as the server does after one.
+        held, uploads = HeldState(), []
+        for n in range(args.uploads + 1):
+            path = Path(tmp) / "uploads" / f"upload-{n}.txt"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(UPLOAD.format(n=n + 2), encoding="utf-8")
+            load, clock = os.getloadavg()[0], time.perf_counter()
+            report = update_index(settings, paths=[path], embedder_factory=lambda: embedder, held_state=held)
+            reopened = time.perf_counter()
+            read_generation(current_generation(settings.index.dir))
+            stages = {**report.seconds, "reopen": time.perf_counter() - reopened}
+            total = time.perf_counter() - clock - stages.get("embed", 0.0)
+            uploads.append((total, stages, load, report.added == [path.name] and report.embedded > 0))
+            print("upload", n, f"{total:.2f}s", stages, flush=True)
+        data = read_generation(current_generation(settings.index.dir))
         segment = data.segments[0]
         exact_top = (vectors @ queries.T).argsort(axis=0)[::-1][:10].T
-        for kind in types:
-            settings = settings.replace(index={"faiss_type": kind})
+        for entry in args.types.split(","):
+            kind, _, nprobe = entry.partition("@")  # "ivf-sq8@64": with ivf_nprobe 64
+            settings = settings.replace(index={"faiss_type": kind, **({"ivf_nprobe": int(nprobe)} if nprobe else {})})
             load, before, clock = os.getloadavg()[0], rss_mib(), time.perf_counter()
-            segment.dense = build_dense_index(vectors, settings.index) if kind != "flat" else segment.dense
-            build = time.perf_counter() - clock if kind != "flat" else store_build
-            path = Path(tmp) / f"{kind}.faiss"
+            segment.dense = build_dense_index(vectors, settings.index)
+            build = time.perf_counter() - clock
+            path = Path(tmp) / f"{entry}.faiss"
             save_dense_index(segment.dense, path)
             store = FaissBm25Store(data, settings.retrieval, settings.index)
             recall, dense_times, hybrid_times = [], [], []
@@ -183,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             hybrid_p50, hybrid_p95 = percentiles(hybrid_times)
             rows.append(
                 [
-                    kind,
+                    entry,
                     f"{build:.1f}",
                     f"{max(rss_mib() - before, 0):.0f}",
                     f"{path.stat().st_size / 2**20:.0f}",
@@ -194,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
                 ]
             )
             print(rows[-1], flush=True)
+            path.unlink()
         bm25_times = []
         for question in questions:
             clock = time.perf_counter()
@@ -213,22 +238,39 @@ def main(argv: list[str] | None = None) -> None:
         ],
         rows,
     )
+    stage_names = ["load", "clean_chunk", "dedup", "write", "reopen"]
+    upload_table = markdown_table(
+        ["upload", "seconds (embedding excluded)", *(f"{name} s" for name in stage_names), "embed s", "load avg"],
+        [
+            [
+                "first (ingest state built from the stored documents)" if n == 0 else f"#{n}",
+                f"{total:.2f}",
+                *(f"{stages.get(name, 0.0):.2f}" for name in stage_names),
+                f"{stages.get('embed', 0.0):.2f}",
+                f"{load:.1f}",
+            ]
+            for n, (total, stages, load, _) in enumerate(uploads)
+        ],
+    )
+    later = [total for total, *_ in uploads[1:]]
+    assert all(ok for *_, ok in uploads), "an upload did not add its document"
     write_section(
         "bench_scale",
-        f"{args.passages:,} passages: FAISS types, BM25, restart",
+        f"{args.passages:,} passages: FAISS types, BM25, restart, one-document uploads",
         f"{args.passages:,} derived passages (vectors mixed from {len(base)} real ClapNQ passage embeddings, see the script's "
         f"docstring), {len(questions)} real ClapNQ questions. Latency: the store's search (FAISS + BM25 + fusion), query "
-        f"already embedded; hybrid asks each half for {settings.retrieval.candidates} candidates.\n\n{table}\n\n"
+        f"already embedded; hybrid asks each half for {settings.retrieval.candidates} candidates. Command: "
+        f"`python bench/bench_scale.py --passages {args.passages} --types {args.types}`.\n\n{table}\n\n"
         f"BM25: built in {bm25_build:.1f} s (RSS +{bm25_rss:.0f} MiB), {bm25_disk / 2**20:.0f} MiB on disk; bm25 search "
-        f"p50 / p95 {bm25_p50:.1f} / {bm25_p95:.1f} ms. Whole store written (flat, BM25, chunks, documents, vectors, "
-        f"row columns) in {store_build:.1f} s, {sum(disk.values()) / 2**20:.0f} MiB on disk.\n\n"
+        f"p50 / p95 {bm25_p50:.1f} / {bm25_p95:.1f} ms. Whole store written (default faiss_type, BM25, chunks, "
+        f"documents, vectors, row columns) in {store_build:.1f} s (load avg {build_load:.1f}), "
+        f"{sum(disk.values()) / 2**20:.0f} MiB on disk.\n\n"
         f"**Restart**: {restart:.1f} s to the first answered search (of which {opened:.1f} s opening the generation: "
         f"checksums of every file, counts, arrays mapped, chunks left unparsed), RSS +{restart_rss:.0f} MiB "
         f"(load avg {restart_load:.1f}).\n\n"
-        f"**One document uploaded through the store's writer**: {upload:.2f} s in all: writer opened {writer_open:.2f} s, "
-        f"segment written and published {applied - writer_open:.2f} s, new generation opened {upload - applied:.2f} s "
-        f"(load avg {upload_load:.1f}). The pipeline's own part of an upload (cleaning statistics, near-copy "
-        f"LSH) is not in this figure: see the one-document update table.\n\n"
+        f"**One-document uploads** (`update_index` of one new text file, as `rag serve` runs it, then the new "
+        f"generation opened as the server does next; seconds without embedding the document's passages): median "
+        f"{statistics.median(later):.2f} s once the ingest state is held.\n\n{upload_table}\n\n"
         f"Peak RSS of the run {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB.\n",
     )
 
