@@ -1,8 +1,8 @@
 """The Milvus store against the embedded one, in one run: SciFact nDCG@10 per mode (the
 embedded index copied into Milvus with `rag migrate`'s code, so both hold the same vectors),
 warm query latency p50/p95 interleaved, and what one document upload costs the store on a
-collection of `--chunks` passages (Milvus: that document's rows; embedded: the full rebuild of
-FAISS and BM25 and the new generation it writes every update).
+collection of `--chunks` passages (Milvus: that document's rows; embedded: a new segment with
+that document's rows, the older segments linked into a new generation).
 
 Milvus is a `milvus-lite server` started here on a free loopback port; load averages are
 printed beside each timing since the machine is shared."""
@@ -95,34 +95,31 @@ def scaled_rows(files: Path, chunks: int) -> tuple[list[DocumentRows], Manifest]
     real vectors (copies: nothing is embedded)."""
     data = read_index(files)
     manifest = Manifest.model_validate(data.manifest.model_dump(include=set(Manifest.model_fields)))
-    by_doc: dict[str, list[int]] = {}
-    for row, chunk in enumerate(data.chunks):
-        by_doc.setdefault(chunk.doc_id, []).append(row)
     out: list[DocumentRows] = []
     total, copy = 0, 0
     while total < chunks:
         for doc_id, doc in data.documents.items():
-            rows = by_doc.get(doc_id, [])
+            rows = data.doc_rows.get(doc_id, [])
             if not rows:
                 continue
             new_id = f"c{copy}-{doc_id}"
             new_chunks = [
                 Chunk(
-                    chunk_id=f"{new_id}:{data.chunks[r].start}-{data.chunks[r].end}",
+                    chunk_id=f"{new_id}:{chunk.start}-{chunk.end}",
                     doc_id=new_id,
-                    start=data.chunks[r].start,
-                    end=data.chunks[r].end,
-                    text=data.chunks[r].text,
+                    start=chunk.start,
+                    end=chunk.end,
+                    text=chunk.text,
                 )
-                for r in rows
+                for chunk in (data.row_chunks[r] for r in rows)
             ]
             out.append(
                 DocumentRows(
                     document=doc.model_copy(update={"doc_id": new_id}),
                     chunks=new_chunks,
                     texts=[c.text for c in new_chunks],
-                    vectors=data.vectors[rows],
-                    embedding_keys=[f"{copy}-{data.embedding_keys[r]}" for r in rows],
+                    vectors=np.stack([data.vector(r) for r in rows]),
+                    embedding_keys=[f"{copy}-{data.embedding_key(r)}" for r in rows],
                 )
             )
             total += len(rows)
@@ -271,8 +268,9 @@ def main(argv: list[str] | None = None) -> None:
             ""
             if not cost_rows
             else f"\n\nOne document upload: the store's write (`StoreWriter.apply`) on a collection of about {args.chunks:,} "
-            "passages (SciFact's documents repeated under new ids with their real vectors). The embedded store rebuilds "
-            "FAISS and BM25 and writes a new generation on every update; Milvus deletes and inserts that document's rows. "
+            "passages (SciFact's documents repeated under new ids with their real vectors). The embedded store writes a "
+            "segment with that document's rows and links the older segments into a new generation; Milvus deletes and "
+            "inserts that document's rows. "
             "The pipeline's own work (cleaning, chunking, embedding the document) is the same for both and not included. "
             "Seconds (load average at the end of each step):\n\n" + markdown_table(UPLOAD_HEADERS, cost_rows)
         )

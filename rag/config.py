@@ -70,7 +70,7 @@ class EmbeddingSettings(Section):
     batch_size: int = Field(64, ge=1, description="Texts embedded per batch.")
     device: str = Field("cpu", description="torch device for the embedding model (cpu, cuda, mps).")
     backend: EmbeddingBackend = Field(
-        "torch",
+        "onnx-int8",
         description="torch = the fp32 sentence-transformers model; onnx-int8 = the same weights exported once to ONNX with int8 weights (dynamic quantization) and run by ONNX Runtime, for CPU speed. Vectors differ slightly, so an index is refused by the other backend (bench/RESULTS.md).",
     )
     cache_dir: Path | None = Field(

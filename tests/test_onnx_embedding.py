@@ -17,6 +17,8 @@ from rag.errors import IncompatibleIndexError
 from rag.stores.faiss_bm25.store import Manifest, read_index
 
 pytestmark = pytest.mark.slow
+# onnx-int8 is the default backend; these tests compare it with fp32 torch.
+TORCH = Settings().replace(embedding={"backend": "torch"})
 
 SENTENCES = [
     "Military Region 2 established 529 commune-level military party cells.",
@@ -38,18 +40,23 @@ def int8_embedder(cache_dir: Path) -> Embedder:
     return Embedder(Settings().embedding.model_copy(update={"backend": "onnx-int8", "cache_dir": cache_dir}))
 
 
+@pytest.fixture(scope="session")
+def torch_embedder() -> Embedder:
+    return Embedder(TORCH.embedding)
+
+
 @pytest.fixture
 def model_dir() -> Path:
     return Path(resolve_model(Settings().embedding.model))
 
 
-def test_int8_vectors_are_close_to_torch_vectors(embedder, int8_embedder) -> None:
-    fp32, int8 = embedder.encode(SENTENCES), int8_embedder.encode(SENTENCES)
+def test_int8_vectors_are_close_to_torch_vectors(torch_embedder, int8_embedder) -> None:
+    fp32, int8 = torch_embedder.encode(SENTENCES), int8_embedder.encode(SENTENCES)
     assert int8.shape == fp32.shape and int8.dtype == np.float32
     assert np.allclose(np.linalg.norm(int8, axis=1), 1, atol=1e-5)
     assert (fp32 * int8).sum(axis=1).min() > 0.98
     assert not np.allclose(fp32, int8, atol=1e-4)  # really another model, not torch again
-    assert int8_embedder.fingerprint == f"{embedder.fingerprint}+onnx-int8"
+    assert int8_embedder.fingerprint == f"{torch_embedder.fingerprint}+onnx-int8"
 
 
 def test_the_export_is_reused_from_the_cache(int8_embedder, cache_dir, model_dir, monkeypatch) -> None:
@@ -105,8 +112,8 @@ def test_a_damaged_or_partial_export_is_exported_again(
     assert [p.name for p in target.parent.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-def test_an_index_from_the_other_backend_is_refused_and_rebuilt(tmp_path, embedder, int8_embedder) -> None:
-    make_service(make_settings(tmp_path / "index"), embedder).update(paths=[SEEDS])
+def test_an_index_from_the_other_backend_is_refused_and_rebuilt(tmp_path, torch_embedder, int8_embedder) -> None:
+    make_service(make_settings(tmp_path / "index", embedding={"backend": "torch"}), torch_embedder).update(paths=[SEEDS])
     settings = make_settings(tmp_path / "index", embedding={"backend": "onnx-int8"})
     service = make_service(settings, int8_embedder)
     with pytest.raises(IncompatibleIndexError, match=r"embedding backend \(torch -> onnx-int8\).*run `rag index`"):
@@ -119,8 +126,10 @@ def test_an_index_from_the_other_backend_is_refused_and_rebuilt(tmp_path, embedd
     assert service.search("border guard").results
 
 
-def test_a_manifest_from_before_backends_reads_as_torch(tmp_path, embedder) -> None:
-    make_service(make_settings(tmp_path / "index"), embedder).update(paths=[SEEDS])
+def test_a_manifest_from_before_backends_reads_as_torch(tmp_path, torch_embedder) -> None:
+    make_service(make_settings(tmp_path / "index", embedding={"backend": "torch"}), torch_embedder).update(
+        paths=[SEEDS]
+    )
     record = read_index(tmp_path / "index").manifest.model_dump(mode="json")
     del record["embedding_backend"]
     assert Manifest.model_validate(record).embedding_backend == "torch"
