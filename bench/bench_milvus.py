@@ -95,34 +95,31 @@ def scaled_rows(files: Path, chunks: int) -> tuple[list[DocumentRows], Manifest]
     real vectors (copies: nothing is embedded)."""
     data = read_index(files)
     manifest = Manifest.model_validate(data.manifest.model_dump(include=set(Manifest.model_fields)))
-    by_doc: dict[str, list[int]] = {}
-    for row, chunk in enumerate(data.chunks):
-        by_doc.setdefault(chunk.doc_id, []).append(row)
     out: list[DocumentRows] = []
     total, copy = 0, 0
     while total < chunks:
         for doc_id, doc in data.documents.items():
-            rows = by_doc.get(doc_id, [])
+            rows = data.doc_rows.get(doc_id, [])
             if not rows:
                 continue
             new_id = f"c{copy}-{doc_id}"
             new_chunks = [
                 Chunk(
-                    chunk_id=f"{new_id}:{data.chunks[r].start}-{data.chunks[r].end}",
+                    chunk_id=f"{new_id}:{chunk.start}-{chunk.end}",
                     doc_id=new_id,
-                    start=data.chunks[r].start,
-                    end=data.chunks[r].end,
-                    text=data.chunks[r].text,
+                    start=chunk.start,
+                    end=chunk.end,
+                    text=chunk.text,
                 )
-                for r in rows
+                for chunk in (data.row_chunks[r] for r in rows)
             ]
             out.append(
                 DocumentRows(
                     document=doc.model_copy(update={"doc_id": new_id}),
                     chunks=new_chunks,
                     texts=[c.text for c in new_chunks],
-                    vectors=data.vectors[rows],
-                    embedding_keys=[f"{copy}-{data.embedding_keys[r]}" for r in rows],
+                    vectors=np.stack([data.vector(r) for r in rows]),
+                    embedding_keys=[f"{copy}-{data.embedding_key(r)}" for r in rows],
                 )
             )
             total += len(rows)

@@ -35,7 +35,15 @@ BM25_B = 0.75
 # pymilvus pings every 10 s, even between calls; a server with gRPC's default ping policy (Milvus
 # Lite's) answers with GOAWAY "too_many_pings" and drops the connection, failing calls. Pinging
 # during calls only, at most every 10 minutes, suits it and Milvus alike.
-GRPC_OPTIONS = {"grpc.keepalive_time_ms": 600_000, "grpc.keepalive_permit_without_calls": False}
+# When a call finds the server gone, pymilvus recovers by opening a fresh channel
+# (GrpcHandler.reconnect); in gRPC's process-wide subchannel pool that channel would reuse the
+# old connection, still waiting out its reconnect backoff (up to 2 minutes), and fail at once
+# after the server is back. A channel's own pool makes the fresh channel really reconnect.
+GRPC_OPTIONS = {
+    "grpc.keepalive_time_ms": 600_000,
+    "grpc.keepalive_permit_without_calls": False,
+    "grpc.use_local_subchannel_pool": 1,
+}
 # Rows per insert, and ids per `in [...]` filter.
 BATCH = 500
 
