@@ -99,7 +99,7 @@ def scaled_rows(files: Path, chunks: int) -> tuple[list[DocumentRows], Manifest]
     total, copy = 0, 0
     while total < chunks:
         for doc_id, doc in data.documents.items():
-            rows = data.doc_rows.get(doc_id, [])
+            rows = data.rows_of(doc_id)
             if not rows:
                 continue
             new_id = f"c{copy}-{doc_id}"
@@ -111,7 +111,7 @@ def scaled_rows(files: Path, chunks: int) -> tuple[list[DocumentRows], Manifest]
                     end=chunk.end,
                     text=chunk.text,
                 )
-                for chunk in (data.row_chunks[r] for r in rows)
+                for chunk in (data.row_chunk(r) for r in rows)
             ]
             out.append(
                 DocumentRows(
