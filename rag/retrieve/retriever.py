@@ -11,7 +11,7 @@ from functools import cached_property
 from rag.config import SEARCH_MODES, RetrievalSettings, SearchMode, Settings
 from rag.embed.encoder import Embedder
 from rag.errors import BadInputError
-from rag.schema import ChunkLocation, SearchHit, SearchResponse
+from rag.schema import ChunkLocation, Document, SearchHit, SearchResponse
 from rag.stores.base import Candidate, Store
 
 
@@ -76,17 +76,21 @@ class Retriever:
             head = candidates[: cfg.rerank_candidates]
             rerank = self._reranker.predict([(query, c.chunk.text) for c in head])
             candidates = [replace(c, score=float(s)) for c, s in sorted(zip(head, rerank), key=lambda pair: -pair[1])]
-        hits = [self._hit(rank, candidate) for rank, candidate in enumerate(self._collapse(candidates, k), start=1)]
+        shown = self._collapse(candidates, k)
+        # One read for all hits' documents: a remote store (Milvus) answers it in one request.
+        documents = self.store.documents_for(c.chunk.doc_id for c in shown)
+        hits = [
+            self._hit(rank, candidate, documents[candidate.chunk.doc_id]) for rank, candidate in enumerate(shown, 1)
+        ]
         return SearchResponse(query=query, mode=mode, results=hits)
 
-    def _hit(self, rank: int, candidate: Candidate) -> SearchHit:
+    def _hit(self, rank: int, candidate: Candidate, doc: Document) -> SearchHit:
         chunk = candidate.chunk
         head = self.store.chunk(chunk.duplicate_of) if chunk.duplicate_of else chunk
         group = [
             ChunkLocation(chunk_id=head.chunk_id, doc_id=head.doc_id, start=head.start, end=head.end),
             *head.copies,
         ]
-        doc = self.store.documents[chunk.doc_id]
         return SearchHit(
             rank=rank,
             score=candidate.score,

@@ -51,6 +51,10 @@ class Store(Protocol):
         """Every indexed document by doc id, with its full text (citations are checked against it)."""
         ...
 
+    def documents_for(self, doc_ids: Iterable[str]) -> dict[str, Document]:
+        """The documents among `doc_ids` that are indexed, read at once (a search's hits)."""
+        ...
+
     @property
     def chunk_total(self) -> int:
         """Chunks in the index, near-copies included."""

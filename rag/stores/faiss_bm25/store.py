@@ -492,8 +492,12 @@ class FaissBm25Store:
         return self.data.manifest
 
     @property
-    def documents(self) -> dict[str, Document]:
+    def documents(self) -> Mapping[str, Document]:
         return self.data.documents
+
+    def documents_for(self, doc_ids: Iterable[str]) -> dict[str, Document]:
+        documents = self.data.documents
+        return {doc_id: documents[doc_id] for doc_id in dict.fromkeys(doc_ids) if doc_id in documents}
 
     @property
     def chunk_total(self) -> int:

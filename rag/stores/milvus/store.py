@@ -232,6 +232,11 @@ class MilvusStore:
     def documents(self) -> LiveDocuments:
         return LiveDocuments(self._c)
 
+    @reloading
+    def documents_for(self, doc_ids: Iterable[str]) -> dict[str, Document]:
+        with self._c.errors():
+            return self._c.read_documents(list(dict.fromkeys(doc_ids)))
+
     @property
     @reloading
     def chunk_total(self) -> int:
