@@ -16,6 +16,9 @@ from rag.config import IndexSettings
 IVF_POINTS_PER_LIST = 39
 # PQ trains 256 centroids per sub-vector, on about as many points each.
 PQ_TRAINING_POINTS = 256 * IVF_POINTS_PER_LIST
+# IVF's k-means runs on a sample of this many points per list: FAISS would take up to 256 per
+# list, most of a million-vector build (recall with the sample: bench/RESULTS.md).
+IVF_TRAINING_POINTS_PER_LIST = 64
 # faiss_type "auto": a segment up to this many rows is searched exactly (flat), a larger one
 # with ivf-sq8: the fastest types that kept recall@10 >= 0.95 at those sizes (bench/RESULTS.md).
 AUTO_EXACT_ROWS = 100_000
@@ -47,12 +50,24 @@ def build_dense_index(vectors: np.ndarray, settings: IndexSettings) -> faiss.Ind
     else:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained and n:
-            index.train(vectors)
+            index.train(training_sample(vectors, index))
         if isinstance(index, faiss.IndexHNSW):
             index.hnsw.efConstruction = settings.hnsw_ef_construction
     if n:
         index.add(vectors)
     return index
+
+
+def training_sample(vectors: np.ndarray, index: faiss.Index) -> np.ndarray:
+    """The vectors an index trains on: all of them, or for IVF a fixed random sample of
+    IVF_TRAINING_POINTS_PER_LIST per list (and enough for PQ)."""
+    if not isinstance(index, faiss.IndexIVF):
+        return vectors
+    limit = max(IVF_TRAINING_POINTS_PER_LIST * index.nlist, PQ_TRAINING_POINTS)
+    if len(vectors) <= limit:
+        return vectors
+    rows = np.sort(np.random.default_rng(0).choice(len(vectors), size=limit, replace=False))
+    return np.ascontiguousarray(vectors[rows])
 
 
 def save_dense_index(index: faiss.Index, path: Path) -> None:

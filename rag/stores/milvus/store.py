@@ -559,12 +559,17 @@ class MilvusWriter:
         c, client = self._c, self._c.client
         started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with c.errors():
-            if changes.replace_all or self._manifest is None or self._manifest.dimension != changes.manifest.dimension:
+            fresh = (
+                changes.replace_all or self._manifest is None or self._manifest.dimension != changes.manifest.dimension
+            )
+            if fresh:
                 drop_collections(client, self.settings.store)
                 create_collections(client, self.settings.store, changes.manifest.dimension)
-                self._mark(started_at)
-            else:
-                self._mark(started_at)
+            self._mark(started_at)
+            # Durable before any row changes: a server killed mid-update may keep some rows but
+            # must not lose the record that the update was running (Milvus Lite lost it unflushed).
+            client.flush(c.meta, timeout=c.timeout)
+            if not fresh:
                 gone = sorted(set(changes.removed) | {rows.document.doc_id for rows in changes.upserted})
                 for batch in batches(gone):
                     client.delete(c.chunks, filter=one_of("doc_id", batch), timeout=c.timeout)
@@ -585,6 +590,7 @@ class MilvusWriter:
                 timeout=c.timeout,
             )
             client.delete(c.meta, ids=[UPDATE_KEY], timeout=c.timeout)
+            client.flush(c.meta, timeout=c.timeout)
         self._manifest = changes.manifest
         self.problems = []
 
