@@ -179,19 +179,45 @@ def main(argv: list[str] | None = None) -> None:
         FaissBm25Store(data, settings.retrieval, settings.index).search(questions[0], queries[0], "hybrid", 10, None)
         restart = time.perf_counter() - clock
         restart_rss = rss_mib() - before
+        print(
+            f"bm25 {bm25_build:.1f}s, store {store_build:.1f}s, restart {restart:.2f}s ({opened:.2f}s open)", flush=True
+        )
+
+        # One document through the store's writer alone: open, apply, open the new generation.
+        store_load, clock = os.getloadavg()[0], time.perf_counter()
+        with open_writer(settings.index.dir, settings.index) as writer:
+            writer_open = time.perf_counter() - clock
+            extra = Document(doc_id="extra", path="extra", root="extra", text=passage_texts[0], sha256="extra")
+            chunk = Chunk(
+                chunk_id=f"extra:0-{len(extra.text)}", doc_id="extra", start=0, end=len(extra.text), text=extra.text
+            )
+            writer.apply(
+                Changes(
+                    upserted=[DocumentRows(extra, [chunk], [extra.text], vectors[:1], ["extra"])],
+                    removed=["p0000001"],
+                    manifest=manifest(settings, derived_rows(vectors[:1], passage_texts[:1])).model_copy(
+                        update={"documents": args.passages, "chunks": args.passages, "canonical_chunks": args.passages}
+                    ),
+                )
+            )
+        applied = time.perf_counter() - clock
+        read_generation(current_generation(settings.index.dir))
+        store_upload = (time.perf_counter() - clock, writer_open, applied - writer_open, store_load)
+        print("store upload", store_upload, flush=True)
 
         # Uploads through the pipeline, then the new generation opened as the server does after one.
         held, uploads = HeldState(), []
-        for n in range(args.uploads + 1):
+        for n in range(args.uploads + 1 if args.uploads else 0):
             path = Path(tmp) / "uploads" / f"upload-{n}.txt"
             path.parent.mkdir(exist_ok=True)
             path.write_text(UPLOAD.format(n=n + 2), encoding="utf-8")
-            load, clock = os.getloadavg()[0], time.perf_counter()
+            load, clock, before = os.getloadavg()[0], time.perf_counter(), rss_mib()
             report = update_index(settings, paths=[path], embedder_factory=lambda: embedder, held_state=held)
             reopened = time.perf_counter()
             read_generation(current_generation(settings.index.dir))
             stages = {**report.seconds, "reopen": time.perf_counter() - reopened}
             total = time.perf_counter() - clock - stages.get("embed", 0.0)
+            stages["RSS added MiB"] = rss_mib() - before
             uploads.append((total, stages, load, report.added == [path.name] and report.embedded > 0))
             print("upload", n, f"{total:.2f}s", stages, flush=True)
         data = read_generation(current_generation(settings.index.dir))
@@ -257,13 +283,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     stage_names = ["load", "clean_chunk", "dedup", "write", "reopen"]
     upload_table = markdown_table(
-        ["upload", "seconds (embedding excluded)", *(f"{name} s" for name in stage_names), "embed s", "load avg"],
+        [
+            "upload",
+            "seconds (embedding excluded)",
+            *(f"{name} s" for name in stage_names),
+            "embed s",
+            "RSS added MiB",
+            "load avg",
+        ],
         [
             [
                 "first (ingest state built from the stored documents)" if n == 0 else f"#{n}",
                 f"{total:.2f}",
                 *(f"{stages.get(name, 0.0):.2f}" for name in stage_names),
                 f"{stages.get('embed', 0.0):.2f}",
+                f"{stages['RSS added MiB']:.0f}",
                 f"{load:.1f}",
             ]
             for n, (total, stages, load, _) in enumerate(uploads)
@@ -271,23 +305,31 @@ def main(argv: list[str] | None = None) -> None:
     )
     later = [total for total, *_ in uploads[1:]]
     assert all(ok for *_, ok in uploads), "an upload did not add its document"
+    pipeline = (
+        f"**One-document uploads** (`update_index` of one new text file, as `rag serve` runs it, then the new "
+        f"generation opened as the server does next; seconds without embedding the document's passages): median "
+        f"{statistics.median(later):.2f} s once the ingest state is held.\n\n{upload_table}\n\n"
+        if later
+        else "One-document uploads through the whole pipeline were not run at this size (`--uploads 0`).\n\n"
+    )
     write_section(
         f"bench_scale_{args.passages}",
         f"{args.passages:,} passages: FAISS types, BM25, restart, one-document uploads",
         f"{args.passages:,} derived passages (vectors mixed from {len(base)} real ClapNQ passage embeddings, see the script's "
         f"docstring), {len(questions)} real ClapNQ questions. Latency: the store's search (FAISS + BM25 + fusion), query "
         f"already embedded; hybrid asks each half for {settings.retrieval.candidates} candidates. Command: "
-        f"`python bench/bench_scale.py --passages {args.passages} --types {args.types}`.\n\n{table}\n\n"
+        f"`python bench/bench_scale.py --passages {args.passages} --types {args.types} --uploads {args.uploads}`.\n\n{table}\n\n"
         f"BM25: built in {bm25_build:.1f} s (RSS +{bm25_rss:.0f} MiB), {bm25_disk / 2**20:.0f} MiB on disk; bm25 search "
         f"p50 / p95 {bm25_p50:.1f} / {bm25_p95:.1f} ms. Whole store written (default faiss_type, BM25, chunks, "
         f"documents, vectors, row columns) in {store_build:.1f} s (load avg {build_load:.1f}), "
         f"{sum(disk.values()) / 2**20:.0f} MiB on disk.\n\n"
-        f"**Restart**: {restart:.1f} s to the first answered search (of which {opened:.1f} s opening the generation: "
+        f"**Restart**: {restart:.2f} s to the first answered search (of which {opened:.2f} s opening the generation: "
         f"checksums of every file, counts, arrays mapped, chunks left unparsed), RSS +{restart_rss:.0f} MiB "
         f"(load avg {restart_load:.1f}).\n\n"
-        f"**One-document uploads** (`update_index` of one new text file, as `rag serve` runs it, then the new "
-        f"generation opened as the server does next; seconds without embedding the document's passages): median "
-        f"{statistics.median(later):.2f} s once the ingest state is held.\n\n{upload_table}\n\n"
+        f"**One document through the store's writer** (one added, one removed; embedding and the pipeline's "
+        f"own stages not included): {store_upload[0]:.2f} s: writer opened {store_upload[1]:.2f} s, segment written "
+        f"and published {store_upload[2]:.2f} s, new generation opened {store_upload[0] - store_upload[1] - store_upload[2]:.2f} s "
+        f"(load avg {store_upload[3]:.1f}).\n\n{pipeline}"
         f"Peak RSS of the run {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB.\n",
     )
 
