@@ -4,6 +4,7 @@ fingerprint moves by the changed documents alone (fast tier: a hashing embedder)
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -12,6 +13,7 @@ from fakes import HashEmbedder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rag.errors import IndexDamagedError
 from rag.ingest import incremental, pipeline
 from rag.ingest.pipeline import corpus_fingerprint, updated_fingerprint
 from rag.schema import Document
@@ -116,3 +118,18 @@ def test_the_fingerprint_moved_by_the_changes_equals_the_fingerprint_of_the_resu
     )
     assert moved == corpus_fingerprint(corpus(after))
     assert (moved == corpus_fingerprint(corpus(before))) == (before == after)
+
+
+def test_opening_again_reuses_unchanged_segments_and_still_notices_damage(service, tmp_path) -> None:
+    index = tmp_path / "index"
+    first = read_index(index)
+    assert read_index(index) is first  # the same generation, its files unchanged
+    upload = tmp_path / "corpus" / "lighthouse.txt"
+    upload.write_text(NEW_DOC, encoding="utf-8")
+    service.update(paths=[upload])
+    second = read_index(index)
+    assert second is not first and second.segments[0] is first.segments[0]  # linked files: not read again
+    target = next(index.glob(f"gen-*/{first.segments[0].name}/dense.faiss"))  # shared by both generations
+    target.write_bytes(os.urandom(target.stat().st_size))
+    with pytest.raises(IndexDamagedError, match="dense.faiss does not match its checksum"):
+        read_index(index)

@@ -214,15 +214,15 @@ class IndexData:
         self.where = where
         self.offsets = np.cumsum([0] + [len(s) for s in segments[:-1]]).astype(np.int64) if segments else np.zeros(0)
         self.total_rows = sum(len(s) for s in segments)
-        # doc id -> (segment, position in it) of every live document.
-        self._located: dict[str, tuple[int, int]] = {}
+        # Per segment: which of its documents, and so which of its rows, are live.
+        self.live_docs: list[np.ndarray] = []
         self.live: list[np.ndarray] = []
-        for index, segment in enumerate(segments):
-            self._located.update(zip(segment.doc_ids, zip(repeat(index), range(len(segment.doc_ids)))))
+        for segment in segments:
+            dead = self.deleted.get(segment.name, set())
             doc_live = np.ones(len(segment.doc_ids), dtype=bool)
-            for doc_id in self.deleted.get(segment.name, ()):
-                if self._located.get(doc_id, (None,))[0] == index:
-                    doc_live[self._located.pop(doc_id)[1]] = False
+            if dead:
+                doc_live[[j for j, doc_id in enumerate(segment.doc_ids) if doc_id in dead]] = False
+            self.live_docs.append(doc_live)
             self.live.append(doc_live[np.asarray(segment.rows["doc"])] if len(segment) else np.zeros(0, dtype=bool))
         self.live_count = int(sum(int(live.sum()) for live in self.live))
         self.documents = _Documents(self)
@@ -236,6 +236,18 @@ class IndexData:
                 segment, local = self.locate(row)
                 change = int(chunk.duplicate_of is not None) - int(segment.rows["duplicate"][local])
                 self._duplicate_changes[chunk.doc_id] = self._duplicate_changes.get(chunk.doc_id, 0) + change
+
+    @cached_property
+    def _located(self) -> dict[str, tuple[int, int]]:
+        """doc id -> (segment, position in it) of every live document; built on the first
+        lookup by doc id (a search needs none)."""
+        located: dict[str, tuple[int, int]] = {}
+        for index, (segment, doc_live) in enumerate(zip(self.segments, self.live_docs)):
+            located.update(zip(segment.doc_ids, zip(repeat(index), range(len(segment.doc_ids)))))
+            for position in np.flatnonzero(~doc_live).tolist():
+                if located.get(segment.doc_ids[position]) == (index, position):
+                    del located[segment.doc_ids[position]]
+        return located
 
     def segment_of(self, doc_id: str) -> Segment | None:
         """The segment holding a live document."""
@@ -293,10 +305,11 @@ class IndexData:
 
     def row_chunk(self, row: int) -> Chunk:
         """The chunk of a global row, checked (module docstring)."""
-        segment, local = self.locate(row)
-        return self._chunk(segment, local)
+        index = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return self._chunk(index, row - int(self.offsets[index]))
 
-    def _read_chunk(self, segment: Segment, local: int) -> Chunk:
+    def _read_chunk(self, index: int, local: int) -> Chunk:
+        segment = self.segments[index]
         where = f"{segment.name}/{CHUNKS}"
         try:
             chunk = segment.chunk(local)
@@ -304,13 +317,13 @@ class IndexData:
             self._damaged(f"{where}: the record of row {local} is unreadable")
         chunk = self.annotations.get(chunk.chunk_id, chunk)
         columns = segment.rows[local]
-        doc_id = segment.doc_ids[int(columns["doc"])]
+        position = int(columns["doc"])
+        doc_id = segment.doc_ids[position]
         if (chunk.doc_id, chunk.start, chunk.end) != (doc_id, int(columns["start"]), int(columns["end"])):
             self._damaged(
                 f"{where}: offsets of chunk {chunk.chunk_id} do not reproduce their text (nor agree with {ROWS})"
             )
-        located = self._located.get(doc_id)
-        if located is None or self._document(*located).text[chunk.start : chunk.end] != chunk.text:
+        if self._document(index, position).text[chunk.start : chunk.end] != chunk.text:
             self._damaged(f"{where}: chunk {chunk.chunk_id}: offsets do not reproduce their text")
         if chunk.duplicate_of is not None and self.row_of(chunk.duplicate_of) is None:
             self._damaged(f"{where}: chunk {chunk.chunk_id} copies a chunk that is not in the index")
@@ -373,8 +386,9 @@ class IndexData:
             problems.append(
                 f"row counts differ: {self.live_count} live chunks, the manifest says {self.manifest.chunks}"
             )
-        if len(self._located) != self.manifest.documents:
-            problems.append(f"{len(self._located)} documents, the manifest says {self.manifest.documents}")
+        documents = sum(int(doc_live.sum()) for doc_live in self.live_docs)
+        if documents != self.manifest.documents:
+            problems.append(f"{documents} documents, the manifest says {self.manifest.documents}")
         return problems
 
 

@@ -113,6 +113,13 @@ def open_store(settings: Settings, fingerprint: str) -> FaissBm25Store:
     return FaissBm25Store(data, settings.retrieval, settings.index)
 
 
+# The generation this process opened last in each index folder (a few folders at most).
+# Generations never change once published, so opening the same one again, once its files pass
+# the checks, returns it; a newer one takes the segments they share (linked files) from it.
+_OPENED: dict[Path, IndexData] = {}
+_OPENED_MAX = 8
+
+
 def read_generation(generation: Path) -> IndexData:
     """Open one generation, verified: checksums first (a damaged file is never parsed), then
     the counts the files must agree on; arrays are memory-mapped, chunks read lazily."""
@@ -120,8 +127,13 @@ def read_generation(generation: Path) -> IndexData:
     problems = file_problems(generation, manifest)
     if problems:
         raise IndexDamagedError(str(generation), problems)
+    last = _OPENED.pop(generation.parent, None)
+    if last is not None and last.where == str(generation):
+        _OPENED[generation.parent] = last
+        return last
+    opened = {segment.name: segment for segment in last.segments} if last else {}
     try:
-        segments = [Segment.read(generation / name) for name in manifest.segments]
+        segments = [opened.get(name) or Segment.read(generation / name) for name in manifest.segments]
         annotations = {c.chunk_id: c for c in _read_chunks(generation / ANNOTATIONS)}
     except (OSError, ValueError, RuntimeError) as exc:
         raise IndexDamagedError(str(generation), [f"{exc.__class__.__name__}: {exc}"]) from None
@@ -129,6 +141,9 @@ def read_generation(generation: Path) -> IndexData:
     problems = data.content_problems()
     if problems:
         raise IndexDamagedError(str(generation), problems)
+    if len(_OPENED) >= _OPENED_MAX:
+        del _OPENED[next(iter(_OPENED))]
+    _OPENED[generation.parent] = data
     return data
 
 
