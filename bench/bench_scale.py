@@ -331,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         f"and published {store_upload[2]:.2f} s, new generation opened {store_upload[0] - store_upload[1] - store_upload[2]:.2f} s "
         f"(load avg {store_upload[3]:.1f}).\n\n{pipeline}"
         f"Peak RSS of the run {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB.\n",
+        script="bench_scale",
     )
 
 

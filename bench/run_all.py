@@ -97,12 +97,13 @@ def save_figure(fig, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_section(name: str, title: str, body: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, dated and with machine facts."""
+def write_section(name: str, title: str, body: str, script: str | None = None) -> None:
+    """Replace (or append) this benchmark's section of RESULTS.md, dated and with machine facts;
+    `script`: the script's name when it writes several sections (default: `name`)."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- bench:{name} -->\n## {title}\n\n"
-        f"Run {stamp} by `bench/{name}.py`. Machine: {machine_facts()}.\n\n{body.strip()}\n<!-- /bench:{name} -->"
+        f"Run {stamp} by `bench/{script or name}.py`. Machine: {machine_facts()}.\n\n{body.strip()}\n<!-- /bench:{name} -->"
     )
     text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else RESULTS_HEADER
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.DOTALL)
