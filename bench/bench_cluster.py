@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         "bench_cluster",
         "rag index on a Dask cluster (issue 16)",
         f"SciFact, first {len(documents)} abstracts, default settings, fresh index per run, all three runs in one "
-        "process one after the other (`nice -n 10 .venv/bin/python bench/bench_cluster.py "
-        f"--docs {args.docs}`); both clusters have 2 worker processes x 1 thread, the local run uses torch's default "
+        "process one after the other (`.venv/bin/python bench/bench_cluster.py "
+        f"--docs {args.docs}`); both clusters have 2 worker processes x 1 thread, the local run uses the embedding backend's default "
         "threads. Wall time includes model loading (and starting the local cluster); this 2-core machine was shared "
         "with other work, so the load average is shown beside each figure and only ratios within this run mean anything.\n\n"
         + markdown_table(headers, rows)
