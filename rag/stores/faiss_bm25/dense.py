@@ -74,9 +74,9 @@ def save_dense_index(index: faiss.Index, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
-def load_dense_index(path: Path, mmap: bool = False) -> faiss.Index:
-    """A saved index; `mmap`: its vectors stay on disk where FAISS can map them."""
-    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
+def load_dense_index(path: Path) -> faiss.Index:
+    """A saved index, read into memory."""
+    return faiss.read_index(str(path))
 
 
 def live_selector(live: np.ndarray) -> faiss.IDSelector:

@@ -103,10 +103,10 @@ def save_lexical_index(segment: LexicalSegment, path: Path) -> None:
         np.save(path / f"{name}.npy", getattr(segment, name))
 
 
-def load_lexical_index(path: Path, mmap: bool = False) -> LexicalSegment:
-    """A saved segment; `mmap`: the arrays stay on disk, paged in as queries touch them."""
+def load_lexical_index(path: Path) -> LexicalSegment:
+    """A saved segment; its arrays stay on disk (memory-mapped), paged in as queries touch them."""
     vocab = {term: column for column, term in enumerate(json.loads((path / VOCAB).read_text(encoding="utf-8")))}
-    arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r" if mmap else None) for name in ARRAYS}
+    arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
     return LexicalSegment(vocab, **arrays)
 
 

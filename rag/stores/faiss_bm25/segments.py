@@ -141,7 +141,7 @@ class Segment:
             vectors=np.load(folder / VECTORS, mmap_mode="r"),
             embedding_keys=json.loads((folder / EMBEDDING_KEYS).read_text(encoding="utf-8")),
             dense=load_dense_index(folder / DENSE),
-            lexical=load_lexical_index(folder / LEXICAL, mmap=True),
+            lexical=load_lexical_index(folder / LEXICAL),
         )
 
     def write(self, folder: Path) -> list[Path]:
