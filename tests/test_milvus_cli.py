@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from conftest import SEEDS, free_port, start_milvus
 from pymilvus import MilvusClient
-from pymilvus.exceptions import MilvusException
 
 from rag.stores.faiss_bm25.store import read_index
 
@@ -63,17 +62,30 @@ def test_store_problems_are_one_line_with_their_exit_code(milvus_server, tmp_pat
     assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
 
 
-def writing_rows(client: MilvusClient) -> bool:
-    """Whether the update of collection `killed` has started and written some documents."""
-    if not all(client.has_collection(f"killed_{name}") for name in ("chunks", "documents", "meta")):
-        return False
-    try:
-        return (
-            bool(client.get("killed_meta", ids=["update"]))
-            and client.query("killed_documents", filter="", output_fields=["count(*)"])[0]["count(*)"] > 0
-        )
-    except MilvusException:  # created but not loaded yet
-        return False
+# `rag index` whose update stops, once its first batch of documents is written, until the
+# file named by its first argument is removed: the test kills the server at that point, not
+# at whatever point a poll happens to catch (a small corpus is written in a few milliseconds).
+PAUSED_INDEX = """
+import sys, time
+from pathlib import Path
+from rag.cli import main
+from rag.stores.milvus import store
+
+pause = Path(sys.argv.pop(1))
+mark, calls = store.MilvusWriter._mark, []
+
+def paused_mark(self, started_at):
+    calls.append(started_at)
+    if len(calls) == 2:  # the first mark precedes the rows, the second follows their first batch
+        pause.touch()
+        deadline = time.monotonic() + 300
+        while pause.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    mark(self, started_at)
+
+store.MilvusWriter._mark = paused_mark
+main()
+"""
 
 
 def test_a_server_killed_mid_index_fails_the_run_and_the_next_run_restores_the_corpus(tmp_path) -> None:
@@ -82,24 +94,28 @@ def test_a_server_killed_mid_index_fails_the_run_and_the_next_run_restores_the_c
     port = free_port()
     server = start_milvus(tmp_path / "data", port)
     env = milvus_env(server.uri, "killed")
+    pause = tmp_path / "paused"
     run = subprocess.Popen(
-        [sys.executable, "-m", "rag.cli", "index", str(corpus)],
+        [sys.executable, "-c", PAUSED_INDEX, str(pause), "index", str(corpus)],
         cwd=tmp_path,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
     )
-    # Kill the server (SIGKILL) as soon as the update has started writing rows.
     try:
-        watcher = MilvusClient(uri=server.uri)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and run.poll() is None and not writing_rows(watcher):
+        while time.monotonic() < deadline and run.poll() is None and not pause.exists():
             time.sleep(0.02)
+        assert pause.exists(), run.communicate(timeout=60)[1]
+        watcher = MilvusClient(uri=server.uri)
+        assert watcher.get("killed_meta", ids=["update"]) and not watcher.get("killed_meta", ids=["manifest"])
+        assert watcher.query("killed_documents", filter="", output_fields=["count(*)"])[0]["count(*)"] > 0
         watcher.close()
     finally:
-        server.process.kill()
+        server.process.kill()  # SIGKILL, in the middle of the update
         server.process.wait(timeout=30)
+        pause.unlink(missing_ok=True)
     _, stderr = run.communicate(timeout=300)
     assert run.returncode == 1, stderr
     assert stderr.strip().splitlines()[-1].startswith(f"error: Milvus at {server.uri} failed: ")
