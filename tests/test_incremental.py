@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rag.config import CleaningSettings
+from rag.ingest.arrays import Part
 from rag.ingest.cleaning import repeated_lines
 from rag.ingest.dedup import group_duplicates
 from rag.ingest.incremental import ChunkSketches, LineStats, document_lines
@@ -39,11 +40,17 @@ def doc(doc_id: str, lines: list[int]) -> Document:
     return Document(doc_id=doc_id, path=doc_id, root="/", text=text, sha256=str(hash(text)))
 
 
+# Each operation: a document number, its lines, and whether the changes are folded into the arrays after it.
 operations = st.lists(
-    st.tuples(st.integers(0, 7), st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_size=6)),
+    st.tuples(st.integers(0, 7), st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_size=6), st.booleans()),
     min_size=1,
     max_size=25,
 )
+
+
+def fold(parts: list[Part]) -> None:
+    for part in parts:
+        part.compact()
 
 
 @settings(max_examples=60, deadline=None)
@@ -52,9 +59,9 @@ def test_line_statistics_kept_incrementally_equal_a_fresh_count(ops, min_docs) -
     cleaning = CleaningSettings(repeated_line_min_docs=min_docs, repeated_line_max_words=8)
     stats = LineStats(min_docs, 8)
     docs: dict[str, Document] = {}
-    for n, lines in ops:
+    for n, lines, folded in ops:
         doc_id = f"d{n}"
-        before = {d: stats.boilerplate_of(d) for d in docs}
+        before = {d: stats.boilerplate_of(docs[d]) for d in docs}
         # An empty line list stands for removal, half of the time.
         if doc_id in docs and len(lines) == 1 and lines[0] % 2:
             del docs[doc_id]
@@ -62,11 +69,13 @@ def test_line_statistics_kept_incrementally_equal_a_fresh_count(ops, min_docs) -
         else:
             docs[doc_id] = doc(doc_id, lines)
             recleaned = stats.update([doc_id] if doc_id in before else [], [docs[doc_id]])
+        if folded:
+            fold(stats.parts())
         fresh = repeated_lines(list(docs.values()), cleaning)
         every_line = {line for d in docs.values() for line in document_lines(d)}
-        assert {line for line in every_line if stats.is_boilerplate(line)} == fresh
+        assert {line for line in every_line if stats.is_repeated(line)} == fresh
         # Every document whose boilerplate changed, other than the one updated, is named.
-        changed = {d for d in before if d in docs and d != doc_id and before[d] != stats.boilerplate_of(d)}
+        changed = {d for d in before if d in docs and d != doc_id and before[d] != stats.boilerplate_of(docs[d])}
         assert changed <= recleaned
 
 
@@ -83,14 +92,16 @@ VARIANTS = [
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(0, 5), st.lists(st.integers(0, len(VARIANTS) - 1), max_size=3)), min_size=1, max_size=15
+        st.tuples(st.integers(0, 5), st.lists(st.integers(0, len(VARIANTS) - 1), max_size=3), st.booleans()),
+        min_size=1,
+        max_size=15,
     )
 )
 def test_near_copy_groups_kept_incrementally_equal_a_fresh_grouping(ops) -> None:
     sketches = ChunkSketches(0.8, 128)
     grouped: dict[str, Chunk] = {}
     by_doc: dict[str, list[Chunk]] = {}
-    for n, variants in ops:
+    for n, variants, folded in ops:
         doc_id = f"d{n}"
         new = [
             Chunk(
@@ -105,6 +116,8 @@ def test_near_copy_groups_kept_incrementally_equal_a_fresh_grouping(ops) -> None
         old = by_doc.pop(doc_id, [])
         by_doc[doc_id] = new
         component = sketches.update([c.chunk_id for c in old], new)
+        if folded:
+            fold(sketches.parts())
         for c in old:
             grouped.pop(c.chunk_id, None)
         current = {c.chunk_id: c for chunks in by_doc.values() for c in chunks}

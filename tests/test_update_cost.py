@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import numpy as np
 import pytest
 from conftest import SEEDS, make_service, make_settings
 from fakes import HashEmbedder
@@ -58,8 +59,8 @@ def test_a_one_document_upload_reads_only_the_documents_it_touches(service, tmp_
 
 
 def test_a_service_keeps_the_ingest_state_in_memory_and_writes_it_when_closed(service, tmp_path, monkeypatch) -> None:
-    state_file = tmp_path / "index" / incremental.STATE_FILE
-    state_file.unlink(missing_ok=True)
+    state_file = tmp_path / "index" / incremental.STATE_DIR / "state.pkl"
+    shutil.rmtree(state_file.parent, ignore_errors=True)
 
     def no_file(*args: object) -> None:
         raise AssertionError("the ingest state was read from or written to its file between updates")
@@ -76,6 +77,39 @@ def test_a_service_keeps_the_ingest_state_in_memory_and_writes_it_when_closed(se
     monkeypatch.undo()
     key = incremental.state_key(service.settings, read_index(tmp_path / "index").manifest.corpus_fingerprint)
     assert incremental.load_state(tmp_path / "index", key) is not None  # it describes the index as it is
+
+
+@pytest.mark.parametrize("damage", [None, "truncated", "other shape"])
+def test_the_saved_state_is_folded_into_arrays_and_reopened_mapped(tmp_path, monkeypatch, damage) -> None:
+    """Updates from the CLI save the state each time; with a tiny DELTA_MAX the changes are
+    folded into new base arrays often. A damaged base is noticed and the state rebuilt; either
+    way the index equals a fresh build."""
+    monkeypatch.setattr(incremental, "DELTA_MAX", 5)
+    corpus = tmp_path / "corpus"
+    shutil.copytree(SEEDS, corpus)
+    settings_ = make_settings(tmp_path / "index", corpus)
+    pipeline.update_index(settings_, [corpus], embedder_factory=HashEmbedder)
+    folder = tmp_path / "index" / incremental.STATE_DIR
+    for n in range(3):
+        (corpus / f"n{n}.txt").write_text(f"{NEW_DOC}\n\nReport number {n}.", encoding="utf-8")
+        pipeline.update_index(settings_, [corpus / f"n{n}.txt"], embedder_factory=HashEmbedder)
+        assert len([p for p in folder.iterdir() if p.is_dir()]) == 1  # the one base folder in use
+    key = incremental.state_key(settings_, read_index(tmp_path / "index").manifest.corpus_fingerprint)
+    state = incremental.load_state(tmp_path / "index", key)
+    assert state is not None and isinstance(state.sketches.signatures_.base["values"], np.memmap)
+    if damage:
+        (base,) = (p for p in folder.iterdir() if p.is_dir())
+        array = base / "sketches.signatures.values.npy"
+        if damage == "truncated":
+            array.write_bytes(array.read_bytes()[:-100])
+        else:
+            np.save(array, np.zeros(3, np.uint32))
+        assert incremental.load_state(tmp_path / "index", key) is None
+    (corpus / "n0.txt").unlink()
+    (corpus / "n1.txt").write_text(NEW_DOC + " Changed.", encoding="utf-8")
+    pipeline.update_index(settings_, [corpus], embedder_factory=HashEmbedder)
+    pipeline.update_index(make_settings(tmp_path / "fresh", corpus), [corpus], embedder_factory=HashEmbedder)
+    assert read_index(tmp_path / "index").chunks == read_index(tmp_path / "fresh").chunks
 
 
 def test_a_failed_update_does_not_leave_a_half_changed_state_in_memory(service, tmp_path, monkeypatch) -> None:

@@ -360,14 +360,15 @@ def _incremental_rows(
     gone = [d for d in candidates if d in stored and (d not in docs or stored[d].sha256 != docs[d].sha256)]
     # PDF and Word documents come with their reader's blocks: line statistics are for pages.
     recleaned = state.lines.update(gone, [docs[d] for d in text_changed if docs[d].blocks is None])
-    state.heading_titles.difference_update(gone)
+    for doc_id in gone:
+        state.heading_titles.discard(doc_id)
     new_chunks: dict[str, list[Chunk]] = {}
     for doc_id in sorted({*text_changed, *recleaned}):
         doc = docs[doc_id]
         blocks = (
             doc.blocks
             if doc.blocks is not None
-            else clean_document(doc, state.lines.boilerplate_of(doc_id), settings.cleaning)
+            else clean_document(doc, state.lines.boilerplate_of(doc), settings.cleaning)
         )
         if doc.title is None or doc_id in state.heading_titles:
             title = heading_title(doc, blocks)
@@ -486,8 +487,10 @@ def _state_from_store(settings: Settings, store: StoreWriter) -> IngestState:
     stored documents and chunks are read, not cleaned or chunked again."""
     log.info("rebuilding the ingest state of %s from its documents", settings.index.dir)
     state = new_state(settings, state_key(settings, store.manifest.corpus_fingerprint))
-    state.lines.update([], [doc for doc in store.documents.values() if doc.blocks is None])
-    state.sketches.update([], [c for doc_id in sorted(store.documents) for c in store.chunks_of(doc_id)])
+    doc_ids = sorted(store.documents)
+    # Read lazily: the stages take a step of documents or chunks at a time.
+    state.lines.update([], (doc for doc in map(store.documents.__getitem__, doc_ids) if doc.blocks is None))
+    state.sketches.update([], (chunk for doc_id in doc_ids for chunk in store.chunks_of(doc_id)))
     return state
 
 
