@@ -94,7 +94,7 @@ class Names(Part):
             return self.added[name]
         sorted_hashes = self.base["sorted_hashes"]
         key = hash64([name])[0]
-        lo, hi = np.searchsorted(sorted_hashes, key, "left"), np.searchsorted(sorted_hashes, key, "right")
+        lo, hi = sorted_hashes.searchsorted(key, "left"), sorted_hashes.searchsorted(key, "right")
         for n in self.base["order"][lo:hi].tolist():
             if not self.is_dead(n) and self.name(n) == name:
                 return n
@@ -176,8 +176,8 @@ class Multimap(Part):
         self._delta = 0
 
     def _range(self, key: int) -> tuple[int, int]:
-        keys = self.base["keys"]
-        return int(np.searchsorted(keys, key, "left")), int(np.searchsorted(keys, key, "right"))
+        keys, key = self.base["keys"], np.uint64(key)  # a Python int would convert every key
+        return int(keys.searchsorted(key, "left")), int(keys.searchsorted(key, "right"))
 
     def iter(self, key: int) -> Iterator[int]:
         """The numbers of `key`, lazily (a common key may have very many)."""

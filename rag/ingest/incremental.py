@@ -47,9 +47,9 @@ SCHEME = MinHash(num_perm=1).scheme
 STATE_DIR = "ingest-state"
 # Bump when the saved layout changes: an older state is then rebuilt from the documents.
 STATE_VERSION = 2
-# Changes held as Python containers beyond this many entries are folded into the arrays: at
-# the end of an update past a quarter of the base too (memory), when saved past this alone
-# (each save writes the changes; a fold writes the whole base once).
+# The changes are folded into the arrays after a step of an update once they pass this many
+# entries and a quarter of the arrays (memory), and before a save once they pass this many
+# (a save writes the changes in full each time, a fold rewrites the arrays once).
 DELTA_MAX = 20_000
 # Documents or chunks per step of a large update (a first build): bounds the Python containers.
 STEP = 20_000
@@ -102,7 +102,7 @@ class LineStats:
         return [self.docs, self.doc_lines, self.doc_probes, self.line_docs, self.probe_docs, self.group, self.members]
 
     def keys(self, lines: Iterable[str]) -> np.ndarray:
-        lines = sorted(lines)
+        lines = list(lines)
         short = np.array([len(line.split()) <= self.max_words for line in lines], dtype=np.uint64)
         return np.unique((hash64(lines) & ~np.uint64(1)) | short)
 
@@ -128,9 +128,9 @@ class LineStats:
         return {probe for probe in probes if self.is_repeated(probe)}
 
     def update(self, removed: Iterable[str], added: Iterable[Document]) -> set[str]:
-        """Drop the documents `removed` and add `added` (a changed document is in both, read
-        a step at a time);
-        return the doc ids, other than those added, whose boilerplate lines changed."""
+        """Drop the documents `removed` and add `added` (a changed document is in both; read a
+        step at a time); return the doc ids, other than those added, whose boilerplate lines
+        changed."""
         removed, added_ids = list(removed), set()
         recleaned: set[str] = set()
         for step in _steps(added):
