@@ -20,7 +20,6 @@ import mmap
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from itertools import repeat
 from pathlib import Path
 from typing import NoReturn
 
@@ -175,7 +174,7 @@ class Segment:
 
     @cached_property
     def doc_position(self) -> dict[str, int]:
-        return {doc_id: j for j, doc_id in enumerate(self.doc_ids)}
+        return dict(zip(self.doc_ids, range(len(self.doc_ids))))
 
     def rows_of(self, doc_ids: Iterable[str]) -> np.ndarray:
         """The rows of these documents (those in this segment)."""
@@ -221,10 +220,11 @@ class IndexData:
             dead = self.deleted.get(segment.name, set())
             doc_live = np.ones(len(segment.doc_ids), dtype=bool)
             if dead:
-                doc_live[[j for j, doc_id in enumerate(segment.doc_ids) if doc_id in dead]] = False
+                doc_live[[segment.doc_position[d] for d in dead if d in segment.doc_position]] = False
             self.live_docs.append(doc_live)
             self.live.append(doc_live[np.asarray(segment.rows["doc"])] if len(segment) else np.zeros(0, dtype=bool))
         self.live_count = int(sum(int(live.sum()) for live in self.live))
+        self.live_doc_count = int(sum(int(doc_live.sum()) for doc_live in self.live_docs))
         self.documents = _Documents(self)
         self._document = lru_cache(maxsize=256)(self._read_document)
         self._chunk = lru_cache(maxsize=4096)(self._read_chunk)
@@ -237,26 +237,29 @@ class IndexData:
                 change = int(chunk.duplicate_of is not None) - int(segment.rows["duplicate"][local])
                 self._duplicate_changes[chunk.doc_id] = self._duplicate_changes.get(chunk.doc_id, 0) + change
 
-    @cached_property
-    def _located(self) -> dict[str, tuple[int, int]]:
-        """doc id -> (segment, position in it) of every live document; built on the first
-        lookup by doc id (a search needs none)."""
-        located: dict[str, tuple[int, int]] = {}
-        for index, (segment, doc_live) in enumerate(zip(self.segments, self.live_docs)):
-            located.update(zip(segment.doc_ids, zip(repeat(index), range(len(segment.doc_ids)))))
-            for position in np.flatnonzero(~doc_live).tolist():
-                if located.get(segment.doc_ids[position]) == (index, position):
-                    del located[segment.doc_ids[position]]
-        return located
+    def _locate(self, doc_id: str) -> tuple[int, int] | None:
+        """(segment, position in it) of a live document, newest segment first. Each segment
+        keeps its own doc id index, so a new generation, which shares its unchanged segments
+        with the one before, indexes only its new segment."""
+        for index in reversed(range(len(self.segments))):
+            position = self.segments[index].doc_position.get(doc_id)
+            if position is not None and self.live_docs[index][position]:
+                return index, position
+        return None
+
+    def _live_doc_ids(self) -> Iterator[str]:
+        for segment, doc_live in zip(self.segments, self.live_docs):
+            for position in np.flatnonzero(doc_live).tolist():
+                yield segment.doc_ids[position]
 
     def segment_of(self, doc_id: str) -> Segment | None:
         """The segment holding a live document."""
-        located = self._located.get(doc_id)
+        located = self._locate(doc_id)
         return self.segments[located[0]] if located else None
 
     def rows_of(self, doc_id: str) -> range:
         """Global rows of a live document's chunks, in start order (empty when it has none)."""
-        located = self._located.get(doc_id)
+        located = self._locate(doc_id)
         if located is None:
             return range(0)
         index, position = located
@@ -345,7 +348,7 @@ class IndexData:
     @property
     def doc_ids(self) -> list[str]:
         """Live documents, sorted."""
-        return sorted(self._located)
+        return sorted(self._live_doc_ids())
 
     @property
     def chunks(self) -> list[Chunk]:
@@ -386,9 +389,8 @@ class IndexData:
             problems.append(
                 f"row counts differ: {self.live_count} live chunks, the manifest says {self.manifest.chunks}"
             )
-        documents = sum(int(doc_live.sum()) for doc_live in self.live_docs)
-        if documents != self.manifest.documents:
-            problems.append(f"{documents} documents, the manifest says {self.manifest.documents}")
+        if self.live_doc_count != self.manifest.documents:
+            problems.append(f"{self.live_doc_count} documents, the manifest says {self.manifest.documents}")
         return problems
 
 
@@ -399,16 +401,16 @@ class _Documents(Mapping[str, Document]):
         self._data = data
 
     def __getitem__(self, doc_id: str) -> Document:
-        located = self._data._located.get(doc_id)
+        located = self._data._locate(doc_id) if isinstance(doc_id, str) else None
         if located is None:
             raise KeyError(doc_id)
         return self._data._document(*located)
 
     def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._data._located
+        return isinstance(doc_id, str) and self._data._locate(doc_id) is not None
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._data._located)
+        return self._data._live_doc_ids()
 
     def __len__(self) -> int:
-        return len(self._data._located)
+        return self._data.live_doc_count
