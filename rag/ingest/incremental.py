@@ -40,6 +40,7 @@ from rag.ingest.arrays import Column, Multimap, Names, Part, Ragged, hash64
 from rag.ingest.cleaning import PAIRING_MAX_DF, SAME_PAGE_OVERLAP, _normalise, split_blocks
 from rag.ingest.dedup import _shingles, band_params
 from rag.schema import Chunk, Document
+from rag.stores.faiss_bm25.store import fsync_path
 
 # The hashing scheme of the signatures MinHash.bulk computes (LeanMinHash needs it stated).
 SCHEME = MinHash(num_perm=1).scheme
@@ -387,14 +388,6 @@ def load_state(index_dir: Path, key: str) -> IngestState | None:
     return state
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_state(index_dir: Path, state: IngestState) -> None:
     """Save the state: its changes since the base in `state.pkl`, replaced atomically, and the
     base arrays, written to a new folder when they changed. A kill before the rename leaves the
@@ -423,7 +416,7 @@ def save_state(index_dir: Path, state: IngestState) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp_pickle, folder / "state.pkl")
-    _fsync_folder(folder)
+    fsync_path(folder)
     for stale in folder.iterdir():
         if stale.is_dir() and stale.name != state.base_folder:
             shutil.rmtree(stale, ignore_errors=True)

@@ -269,7 +269,7 @@ def write_generation(
         staging.rename(index_dir / name)
         _write_text(index_dir / f".{POINTER}.tmp", name)
         os.replace(index_dir / f".{POINTER}.tmp", index_dir / POINTER)
-        _fsync_path(index_dir)
+        fsync_path(index_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -295,10 +295,11 @@ def _fsync_tree(root: Path) -> None:
     link) were flushed when that generation was published."""
     for path in [root, *root.rglob("*")]:
         if path.is_dir() or path.stat().st_nlink == 1:
-            _fsync_path(path)
+            fsync_path(path)
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename into it), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
