@@ -20,9 +20,9 @@ from run_all import (
     write_section,
 )
 
+from rag.config import SEARCH_MODES as MODES
 from rag.config import Settings
 from rag.eval.beir import beir_settings, build_beir_index, load_beir
-from rag.retrieve.retriever import MODES
 from rag.service import RagService
 from rag.text.sentences import sentence_spans
 

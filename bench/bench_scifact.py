@@ -18,6 +18,7 @@ from pathlib import Path
 
 from run_all import CACHE_DIR, SCIFACT_DIR, markdown_table, rich_table, write_section
 
+from rag.config import SEARCH_MODES as MODES
 from rag.config import SearchMode, Settings
 from rag.eval.beir import (
     BeirDataset,
@@ -26,7 +27,6 @@ from rag.eval.beir import (
     evaluate_modes,
     load_beir,
 )
-from rag.retrieve.retriever import MODES
 from rag.service import RagService
 
 TARGETS = {"bm25": 0.67, "dense": 0.64, "hybrid": 0.71}
