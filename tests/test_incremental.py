@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from rag.config import CleaningSettings
 from rag.ingest.arrays import Part
-from rag.ingest.cleaning import repeated_lines
+from rag.ingest.cleaning import document_lines, repeated_lines
 from rag.ingest.dedup import group_duplicates
-from rag.ingest.incremental import ChunkSketches, LineStats, document_lines
+from rag.ingest.incremental import ChunkSketches, LineStats
 from rag.schema import Chunk, Document
 from rag.stores.faiss_bm25 import store
 from rag.stores.faiss_bm25.store import read_index

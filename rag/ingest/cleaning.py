@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import cache
 from itertools import combinations
+from typing import TypeVar
 
 from justext import get_stoplist
 from justext.core import classify_paragraphs, revise_paragraph_classification
@@ -155,23 +156,27 @@ def repeated_among(doc_lines: dict[str, set[str]], settings: CleaningSettings) -
         if 1 < len(docs) <= PAIRING_MAX_DF:
             shared.update(combinations(sorted(docs), 2))
     parent = {doc_id: doc_id for doc_id in doc_lines}
-
-    def find(d: str) -> str:
-        while parent[d] != d:
-            parent[d] = parent[parent[d]]
-            d = parent[d]
-        return d
-
     for (a, b), n in shared.items():
         if n >= SAME_PAGE_OVERLAP * min(len(doc_lines[a]), len(doc_lines[b])):
-            parent[find(a)] = find(b)
+            parent[find_root(parent, a)] = find_root(parent, b)
 
     return {
         line
         for line, docs in line_docs.items()
         if len(line.split()) <= settings.repeated_line_max_words
-        and len({find(d) for d in docs}) >= settings.repeated_line_min_docs
+        and len({find_root(parent, d) for d in docs}) >= settings.repeated_line_min_docs
     }
+
+
+Node = TypeVar("Node")
+
+
+def find_root(parent: dict[Node, Node], item: Node) -> Node:
+    """The root of `item` in the union-find forest `parent`, halving the path on the way."""
+    while parent[item] != item:
+        parent[item] = parent[parent[item]]
+        item = parent[item]
+    return item
 
 
 class _Paragraph:

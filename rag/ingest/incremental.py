@@ -37,7 +37,14 @@ from datasketch import LeanMinHash, MinHash
 
 from rag.config import Settings
 from rag.ingest.arrays import Column, Multimap, Names, Part, Ragged, hash64
-from rag.ingest.cleaning import PAIRING_MAX_DF, SAME_PAGE_OVERLAP, _normalise, split_blocks
+from rag.ingest.cleaning import (
+    PAIRING_MAX_DF,
+    SAME_PAGE_OVERLAP,
+    _normalise,
+    document_lines,
+    find_root,
+    split_blocks,
+)
 from rag.ingest.dedup import _shingles, band_params
 from rag.schema import Chunk, Document
 from rag.stores.faiss_bm25.store import fsync_path
@@ -54,11 +61,6 @@ STATE_VERSION = 2
 DELTA_MAX = 20_000
 # Documents or chunks per step of a large update (a first build): bounds the Python containers.
 STEP = 20_000
-
-
-def document_lines(doc: Document) -> frozenset[str]:
-    """The normalised distinct lines of a document, as `repeated_lines` counts them."""
-    return frozenset(_normalise(raw) for raw in doc.text.splitlines() if raw.strip())
 
 
 def document_probes(doc: Document) -> frozenset[str]:
@@ -215,13 +217,6 @@ class LineStats:
                 self.group.set(n, -1)
         scope = {n for n in scope if not self.docs.is_dead(n)}
         parent = {n: n for n in scope}
-
-        def find(n: int) -> int:
-            while parent[n] != n:
-                parent[n] = parent[parent[n]]
-                n = parent[n]
-            return n
-
         for a in scope:
             lines_a = self.doc_lines.get(a).tolist()
             shared: dict[int, int] = defaultdict(int)
@@ -233,10 +228,10 @@ class LineStats:
             for b, n in shared.items():
                 # Edges leave the scope only to documents already grouped with it (see module doc).
                 if b in parent and n >= SAME_PAGE_OVERLAP * min(len(lines_a), len(self.doc_lines.get(b))):
-                    parent[find(a)] = find(b)
+                    parent[find_root(parent, a)] = find_root(parent, b)
         roots: dict[int, int] = {}
         for n in sorted(scope):
-            root = find(n)
+            root = find_root(parent, n)
             if root not in roots:
                 roots[root] = self.next_group
                 self.next_group += 1
