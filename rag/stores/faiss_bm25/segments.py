@@ -276,8 +276,13 @@ class IndexData:
 
     def locate(self, row: int) -> tuple[Segment, int]:
         """The segment of a global row, and the row within it."""
+        index, local = self._split(row)
+        return self.segments[index], local
+
+    def _split(self, row: int) -> tuple[int, int]:
+        """The index of a global row's segment, and the row within it."""
         index = int(np.searchsorted(self.offsets, row, side="right")) - 1
-        return self.segments[index], row - int(self.offsets[index])
+        return index, row - int(self.offsets[index])
 
     def order(self, row: int) -> tuple[str, int]:
         """(doc_id, start) of a row: how equal scores are ranked."""
@@ -308,8 +313,7 @@ class IndexData:
 
     def row_chunk(self, row: int) -> Chunk:
         """The chunk of a global row, checked (module docstring)."""
-        index = int(np.searchsorted(self.offsets, row, side="right")) - 1
-        return self._chunk(index, row - int(self.offsets[index]))
+        return self._chunk(*self._split(row))
 
     def _read_chunk(self, index: int, local: int) -> Chunk:
         segment = self.segments[index]
