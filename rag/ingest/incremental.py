@@ -281,8 +281,12 @@ class ChunkSketches:
     def signature(self, n: int) -> np.ndarray:
         return np.asarray(self.signatures_.get(n))
 
+    def _band_values(self, signature: np.ndarray) -> np.ndarray:
+        """The hash values of each LSH band, a row per band (the last values are in none)."""
+        return signature[: self.bands * self.rows].reshape(self.bands, self.rows)
+
     def _band_keys(self, signature: np.ndarray) -> list[int]:
-        bands = signature[: self.bands * self.rows].reshape(self.bands, self.rows)
+        bands = self._band_values(signature)
         return [
             int.from_bytes(hashlib.blake2b(bytes([b]) + band.tobytes(), digest_size=8).digest(), "little")
             for b, band in enumerate(bands)
@@ -290,12 +294,12 @@ class ChunkSketches:
 
     def _matches(self, n: int) -> list[int]:
         signature = self.signature(n)
-        bands = signature[: self.bands * self.rows].reshape(self.bands, self.rows)
+        bands = self._band_values(signature)
         candidates = {other for key in self._band_keys(signature) for other in self.band_chunks.iter(key)}
         found = []
         for other in sorted(candidates - {n}):
             theirs = self.signature(other)
-            shares_a_band = (bands == theirs[: self.bands * self.rows].reshape(self.bands, self.rows)).all(1).any()
+            shares_a_band = (bands == self._band_values(theirs)).all(1).any()
             if shares_a_band and np.count_nonzero(signature == theirs) / self.num_perm >= self.threshold:
                 found.append(other)
         return found
